@@ -1,0 +1,4 @@
+"""Rollout evaluation: vectorized rollouts, metrics, reports and videos.
+
+Installed as ``lfm_policy.eval``.
+"""
