@@ -163,7 +163,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     if args.sweep:
-        configs = [(1, 0.1, 1.0)] + [(n, c, r) for n in (3, 4, 6) for c in (0.1, 0.25, 0.5) for r in (1.25, 1.5)]
+        configs = [(1, 0.1, 1.0), (2, 0.25, 1.5), (2, 0.5, 1.5), (4, 0.1, 1.5), (4, 0.25, 1.5), (4, 0.5, 1.5),
+                   (6, 0.05, 1.25), (6, 0.1, 1.5), (6, 0.25, 1.25)]
     else:
         n, c, r = args.lfm
         configs = [(1, 0.1, 1.0), (int(n), c, r)]

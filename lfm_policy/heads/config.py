@@ -1,0 +1,166 @@
+"""Configs of the action heads and of the velocity/denoiser networks they share."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from lfm_policy.config import Config, check
+from lfm_policy.ema import EMAConfig
+from lfm_policy.flow.chain import ChainConfig
+from lfm_policy.flow.solvers import SolverConfig
+from lfm_policy.nets.transformer import TransformerConfig
+from lfm_policy.nets.unet1d import Unet1DConfig
+
+HEAD_KINDS = ("lfm", "fm", "diffusion", "regression")
+NET_FAMILIES = ("unet", "transformer", "mlp")
+
+
+@dataclass
+class MLPConfig(Config):
+    """Hyperparameters of :class:`lfm_policy.nets.ResidualMLP`."""
+
+    width: int = 512
+    depth: int = 4
+    time_dim: int = 64
+
+    def __post_init__(self) -> None:
+        check(self.width >= 1, "width", f"must be ≥ 1, got {self.width}")
+        check(self.depth >= 1, "depth", f"must be ≥ 1, got {self.depth}")
+        check(self.time_dim >= 2 and self.time_dim % 2 == 0, "time_dim", "must be even ≥ 2")
+
+
+@dataclass
+class NetConfig(Config):
+    """Which network family predicts velocities/noise, and its sizes (only the chosen one is read)."""
+
+    family: str = "unet"
+    unet: Unet1DConfig = field(default_factory=Unet1DConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    mlp: MLPConfig = field(default_factory=MLPConfig)
+
+    def __post_init__(self) -> None:
+        check(self.family in NET_FAMILIES, "family", f"choose from {NET_FAMILIES}, got {self.family!r}")
+
+    def scaled(self, width_scale: float) -> NetConfig:
+        """Same family with widths multiplied by ``width_scale`` (params scale ≈ width_scale²)."""
+        if width_scale == 1.0:
+            return self
+        u, t, m = self.unet, self.transformer, self.mlp
+        g = u.n_groups
+        dims = tuple(max(g, int(round(d * width_scale / g)) * g) for d in u.down_dims)
+        d_model = max(t.n_heads, int(round(t.d_model * width_scale / t.n_heads)) * t.n_heads)
+        return dataclasses.replace(
+            self,
+            unet=dataclasses.replace(u, down_dims=dims),
+            transformer=dataclasses.replace(t, d_model=d_model),
+            mlp=dataclasses.replace(m, width=max(1, int(round(m.width * width_scale)))),
+        )
+
+    def build(self, event_shape: tuple[int, int], cond_dim: int) -> nn.Module:
+        """Network ``net(x (B, H, Da), t (B,), cond (B, Dc)) -> (B, H, Da)``."""
+        if self.family == "unet":
+            return self.unet.build(event_shape, cond_dim)
+        if self.family == "transformer":
+            return self.transformer.build(event_shape, cond_dim)
+        from lfm_policy.nets.mlp import ResidualMLP
+
+        m = self.mlp
+        return ResidualMLP(event_shape, cond_dim, width=m.width, depth=m.depth, time_dim=m.time_dim)
+
+
+@dataclass
+class DiffusionConfig(Config):
+    """DDPM training with diffusers' schedulers, as Diffusion Policy.
+
+    Attributes:
+        num_train_timesteps: Diffusion steps at training (DDPM-100 samples with all of them).
+        beta_schedule: diffusers beta schedule.
+        prediction_type: ``epsilon`` or ``sample``.
+        clip_sample: Clip predicted x0 to [−1, 1] (actions are normalized to that range).
+        sampler: ``ddpm`` or ``ddim`` at inference.
+        inference_steps: Steps of the sampler (DDIM-k); DDPM uses num_train_timesteps when None.
+    """
+
+    num_train_timesteps: int = 100
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+    clip_sample: bool = True
+    sampler: str = "ddim"
+    inference_steps: int | None = 10
+
+    def __post_init__(self) -> None:
+        check(self.num_train_timesteps >= 1, "num_train_timesteps", "must be ≥ 1")
+        check(self.prediction_type in ("epsilon", "sample"), "prediction_type", "epsilon or sample")
+        check(self.sampler in ("ddpm", "ddim"), "sampler", f"ddpm or ddim, got {self.sampler!r}")
+        check(self.inference_steps is None or 1 <= self.inference_steps <= self.num_train_timesteps,
+              "inference_steps", f"must be in [1, num_train_timesteps], got {self.inference_steps}")
+
+
+@dataclass
+class HeadConfig(Config):
+    """One interface for every action head; ``kind`` picks it.
+
+    Attributes:
+        kind: ``lfm`` (N blocks), ``fm`` (one global flow), ``diffusion`` or ``regression``.
+        net: Network family and sizes. For ``lfm`` with ``equal_total_params`` each block gets
+            widths scaled by 1/sqrt(N), so N blocks hold about the parameters of one ``fm`` network.
+        chain: LFM chain settings (``fm`` uses them with n_blocks forced to 1).
+        equal_total_params: See ``net``.
+        diffusion: Settings of the ``diffusion`` head.
+        ema: EMA of the head's network(s) (per block for flow heads); sampling uses the EMA weights.
+            Set it here, not under ``chain.ema`` (which must stay at its default).
+    """
+
+    kind: str = "lfm"
+    net: NetConfig = field(default_factory=NetConfig)
+    chain: ChainConfig = field(default_factory=ChainConfig)
+    equal_total_params: bool = True
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+
+    def __post_init__(self) -> None:
+        check(self.kind in HEAD_KINDS, "kind", f"choose from {HEAD_KINDS}, got {self.kind!r}")
+        check(self.chain.ema == EMAConfig(), "chain.ema", "set the EMA under head.ema (it serves every head)")
+
+    @property
+    def chain_config(self) -> ChainConfig:
+        """The chain used by flow heads (N = 1 for ``fm``)."""
+        n_blocks = 1 if self.kind == "fm" else self.chain.n_blocks
+        gammas = None if self.kind == "fm" else self.chain.gammas
+        return dataclasses.replace(self.chain, n_blocks=n_blocks, gammas=gammas, ema=self.ema)
+
+    def block_net_config(self, event_shape: tuple[int, int], cond_dim: int) -> NetConfig:
+        """Network config of one flow block.
+
+        With ``equal_total_params`` and N > 1 blocks, widths are scaled by the largest factor for which
+        N blocks hold no more parameters than one network of ``net`` (found by bisection, with the
+        networks built on the meta device: no memory is allocated).
+        """
+        n = self.chain_config.n_blocks if self.kind in ("lfm", "fm") else 1
+        if n == 1 or not self.equal_total_params:
+            return self.net
+        budget = count_params(self.net, event_shape, cond_dim)
+        lo, hi = 0.0, 1.0
+        for _ in range(14):
+            mid = (lo + hi) / 2
+            if n * count_params(self.net.scaled(mid), event_shape, cond_dim) <= budget:
+                lo = mid
+            else:
+                hi = mid
+        return self.net.scaled(max(lo, 1e-3))
+
+    def default_solver(self) -> SolverConfig:
+        """Sampling solver of flow heads."""
+        return self.chain_config.sample_solver
+
+
+def count_params(net: NetConfig, event_shape: tuple[int, int], cond_dim: int) -> int:
+    """Parameters of ``net.build(event_shape, cond_dim)``, built on the meta device."""
+    import torch
+
+    with torch.device("meta"):
+        module = net.build(event_shape, cond_dim)
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,214 @@
+"""Action heads behind one interface: ``lfm``, ``fm`` (flows), ``diffusion`` (DDPM/DDIM), ``regression``.
+
+Every head maps a condition (B, Dc) — the observation embedding, computed once per control step — to an
+action chunk (B, H, Da) in normalized units. They share the network families of ``NetConfig`` so that
+comparisons are fair. Training may have several stages (one per LFM block); the trainer calls
+``begin_stage``, ``loss(stage=...)``, ``after_step`` (EMA) and ``end_stage``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from lfm_policy.ema import ema_update
+from lfm_policy.flow.chain import LocalFlowChain, Solvers
+from lfm_policy.heads.config import HeadConfig
+
+
+class ActionHead(nn.Module):
+    """Base class. Subclasses set ``n_stages`` and implement ``loss``, ``sample``, ``nfe``."""
+
+    n_stages: int = 1
+
+    def __init__(self, config: HeadConfig, event_shape: tuple[int, int], cond_dim: int):
+        super().__init__()
+        self.config = config
+        self.event_shape = (int(event_shape[0]), int(event_shape[1]))
+        self.cond_dim = int(cond_dim)
+
+    def loss(self, action: torch.Tensor, cond: torch.Tensor, *, stage: int = 0,
+             weight: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training loss of ``stage`` for normalized actions (B, H, Da) and conditions (B, Dc)."""
+        raise NotImplementedError
+
+    def sample(self, cond: torch.Tensor, *, noise: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, solver: Solvers | None = None) -> torch.Tensor:
+        """Action chunk (B, H, Da); deterministic given ``noise``."""
+        raise NotImplementedError
+
+    def nfe(self, solver: Solvers | None = None) -> int | None:
+        """Network evaluations per chunk."""
+        raise NotImplementedError
+
+    def stage_parameters(self, stage: int) -> list[nn.Parameter]:
+        """Parameters trained in ``stage``."""
+        return [p for n, p in self.named_parameters() if not n.startswith("ema_")]
+
+    def begin_stage(self, stage: int) -> None:
+        """Called before the first step of ``stage``."""
+
+    def after_step(self, stage: int) -> None:
+        """Called after each optimizer step (EMA update)."""
+
+    def end_stage(self, stage: int) -> None:
+        """Called when ``stage`` is finished."""
+
+    def _noise(self, cond: torch.Tensor, noise: torch.Tensor | None, generator: torch.Generator | None):
+        if noise is not None:
+            if tuple(noise.shape) != (cond.shape[0], *self.event_shape):
+                raise ValueError(f"noise must have shape {(cond.shape[0], *self.event_shape)}, "
+                                 f"got {tuple(noise.shape)}")
+            return noise
+        return torch.randn((cond.shape[0], *self.event_shape), generator=generator, device=cond.device)
+
+
+class FlowHead(ActionHead):
+    """``lfm`` (N local blocks + free block) or ``fm`` (N = 1) on a :class:`LocalFlowChain`."""
+
+    def __init__(self, config: HeadConfig, event_shape: tuple[int, int], cond_dim: int):
+        super().__init__(config, event_shape, cond_dim)
+        net_cfg = config.block_net_config(self.event_shape, cond_dim)
+        self.chain = LocalFlowChain(lambda n: net_cfg.build(self.event_shape, cond_dim), self.event_shape,
+                                    config.chain_config)
+        self.n_stages = self.chain.n_blocks
+
+    def loss(self, action, cond, *, stage=0, weight=None, generator=None):
+        """Flow-matching loss of block ``stage`` (pushforward through earlier blocks inside)."""
+        return self.chain.loss(stage, action, cond, weight=weight, generator=generator)
+
+    def sample(self, cond, *, noise=None, generator=None, solver=None):
+        """Run the blocks in reverse from noise; ``solver`` may differ per block (anytime NFE)."""
+        return self.chain.sample(cond, noise=self._noise(cond, noise, generator), solver=solver)
+
+    def nfe(self, solver=None):
+        """N × steps × evaluations per step."""
+        return self.chain.nfe(solver)
+
+    def stage_parameters(self, stage):
+        """Only block ``stage`` trains in stage ``stage``."""
+        return list(self.chain.blocks[stage].parameters())
+
+    def begin_stage(self, stage):
+        """Warm start from the previous block."""
+        self.chain.begin_block(stage)
+
+    def after_step(self, stage):
+        """EMA of the block being trained."""
+        self.chain.update_ema(stage)
+
+    def end_stage(self, stage):
+        """Freeze the block: later blocks push through its EMA copy."""
+        self.chain.finish_block(stage)
+
+
+class _SingleNetHead(ActionHead):
+    """A head with one network and its EMA copy."""
+
+    def __init__(self, config: HeadConfig, event_shape: tuple[int, int], cond_dim: int):
+        super().__init__(config, event_shape, cond_dim)
+        self.net = config.net.build(self.event_shape, cond_dim)
+        self.ema_net = copy.deepcopy(self.net).requires_grad_(False)
+        self.register_buffer("ema_step", torch.zeros((), dtype=torch.long))
+
+    def begin_stage(self, stage):
+        """Start the EMA copy from the current weights."""
+        self.ema_net.load_state_dict(self.net.state_dict())
+        self.ema_step.zero_()
+
+    def after_step(self, stage):
+        """EMA update."""
+        self.ema_step += 1
+        ema_update(self.ema_net, self.net, self.config.ema.decay(int(self.ema_step)))
+
+
+class DiffusionHead(_SingleNetHead):
+    """DDPM training, DDPM or DDIM sampling with diffusers' schedulers (as Diffusion Policy).
+
+    The network's time input is the diffusion step divided by ``num_train_timesteps`` (our networks
+    take t ∈ [0, 1] and stretch it themselves).
+    """
+
+    def __init__(self, config: HeadConfig, event_shape: tuple[int, int], cond_dim: int):
+        super().__init__(config, event_shape, cond_dim)
+        from diffusers import DDIMScheduler, DDPMScheduler
+
+        d = config.diffusion
+        kwargs = dict(num_train_timesteps=d.num_train_timesteps, beta_schedule=d.beta_schedule,
+                      clip_sample=d.clip_sample, prediction_type=d.prediction_type)
+        self.train_scheduler = DDPMScheduler(**kwargs)
+        self.scheduler = DDIMScheduler(**kwargs, set_alpha_to_one=True, steps_offset=0) \
+            if d.sampler == "ddim" else DDPMScheduler(**kwargs)
+
+    def _steps(self, solver) -> int:
+        d = self.config.diffusion
+        if d.sampler == "ddpm":
+            return d.num_train_timesteps
+        return d.inference_steps or d.num_train_timesteps
+
+    def loss(self, action, cond, *, stage=0, weight=None, generator=None):
+        """Noise-prediction (or sample-prediction) MSE at a random diffusion step."""
+        b = action.shape[0]
+        t = torch.randint(0, self.config.diffusion.num_train_timesteps, (b,), generator=generator,
+                          device=action.device)
+        eps = torch.randn(action.shape, generator=generator, device=action.device)
+        noisy = self.train_scheduler.add_noise(action, eps, t)
+        pred = self.net(noisy, t.float() / self.config.diffusion.num_train_timesteps, cond)
+        target = eps if self.config.diffusion.prediction_type == "epsilon" else action
+        err = (pred - target) ** 2
+        if weight is None:
+            return err.mean()
+        weight = weight.to(err.dtype).expand_as(err)
+        return (err * weight).sum() / weight.sum().clamp_min(1.0)
+
+    @torch.no_grad()
+    def sample(self, cond, *, noise=None, generator=None, solver=None):
+        """Run the sampler from noise (DDPM draws fresh noise each step from ``generator``)."""
+        x = self._noise(cond, noise, generator)
+        self.scheduler.set_timesteps(self._steps(solver), device=cond.device)
+        t_scale = self.config.diffusion.num_train_timesteps
+        for t in self.scheduler.timesteps:
+            out = self.ema_net(x, t.float().expand(x.shape[0]) / t_scale, cond)
+            x = self.scheduler.step(out, t, x, generator=generator).prev_sample
+        return x
+
+    def nfe(self, solver=None):
+        """Sampler steps."""
+        return self._steps(solver)
+
+
+class RegressionHead(_SingleNetHead):
+    """One-shot MSE prediction of the chunk with the same trunk (input zeros, t = 0)."""
+
+    def _predict(self, net: nn.Module, cond: torch.Tensor) -> torch.Tensor:
+        b = cond.shape[0]
+        x = cond.new_zeros((b, *self.event_shape))
+        return net(x, cond.new_zeros(b), cond)
+
+    def loss(self, action, cond, *, stage=0, weight=None, generator=None):
+        """MSE between the prediction and the demonstrated chunk."""
+        err = (self._predict(self.net, cond) - action) ** 2
+        if weight is None:
+            return err.mean()
+        weight = weight.to(err.dtype).expand_as(err)
+        return (err * weight).sum() / weight.sum().clamp_min(1.0)
+
+    @torch.no_grad()
+    def sample(self, cond, *, noise=None, generator=None, solver=None):
+        """The prediction (noise is ignored: regression is deterministic)."""
+        return self._predict(self.ema_net, cond)
+
+    def nfe(self, solver=None):
+        """One evaluation."""
+        return 1
+
+
+def build_head(config: HeadConfig, event_shape: tuple[int, int], cond_dim: int) -> ActionHead:
+    """Head for ``config.kind``."""
+    if config.kind in ("lfm", "fm"):
+        return FlowHead(config, event_shape, cond_dim)
+    if config.kind == "diffusion":
+        return DiffusionHead(config, event_shape, cond_dim)
+    return RegressionHead(config, event_shape, cond_dim)
