@@ -13,5 +13,7 @@ from lfm_policy.flow import (  # noqa: E402  (version first: setuptools reads it
     OUSchedule,
     SolverConfig,
 )
+from lfm_policy.policy import ActionQueue, Policy, PolicyConfig, PolicySpec  # noqa: E402
 
-__all__ = ["FlowBlock", "LocalFlowChain", "OUSchedule", "SolverConfig", "__version__"]
+__all__ = ["ActionQueue", "FlowBlock", "LocalFlowChain", "OUSchedule", "Policy", "PolicyConfig", "PolicySpec",
+           "SolverConfig", "__version__"]

@@ -52,6 +52,7 @@ class Config:
 
         Raises:
             ConfigError: On unknown keys or invalid values; the message names file and field path.
+
         """
         lead = f"{where}: " if where else ""
         if not isinstance(data, dict):

@@ -24,6 +24,7 @@ class FlowBlock(nn.Module):
         time_sampling: ``"uniform"`` t ~ U[0, 1] or ``"logit_normal"`` t = sigmoid(m + s·N(0, 1))
             (more weight in the middle of the path, as in rectified-flow image models).
         logit_normal: (m, s) of the logit-normal time distribution.
+
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class FlowBlock(nn.Module):
 
         Returns:
             Scalar loss.
+
         """
         if t is None:
             t = self.sample_time(x_data_side.shape[0], device=x_data_side.device, generator=generator)

@@ -51,6 +51,7 @@ class ChainConfig(Config):
         push_solver: Solver used to push data through earlier blocks during training.
         sample_solver: Default solver for generation (overridable per call).
         ema: EMA schedule, one EMA copy per block (used for pushing and sampling).
+
     """
 
     n_blocks: int = 4
@@ -97,6 +98,7 @@ class LocalFlowChain(nn.Module):
         make_net: ``make_net(n)`` builds the velocity network of block n (0-based).
         event_shape: Shape of one sample, e.g. (H, Da) for an action chunk.
         config: Chain configuration.
+
     """
 
     def __init__(
@@ -156,6 +158,7 @@ class LocalFlowChain(nn.Module):
             cond: (B, Dc) condition of each row, or None.
             up_to: Number of blocks to push through (0 returns x).
             solver: Push solver (default: ``config.push_solver``).
+
         """
         self._check_batch(x, cond)
         solver = solver or self.config.push_solver
@@ -181,6 +184,7 @@ class LocalFlowChain(nn.Module):
 
         Returns:
             Two (B, *event_shape) tensors.
+
         """
         self._check_index(n)
         x_data_side = self.push(x_data, cond, n)
@@ -243,6 +247,7 @@ class LocalFlowChain(nn.Module):
 
         Returns:
             (B, *event_shape) samples.
+
         """
         if require_trained and int(self.n_trained) < self.n_blocks:
             raise RuntimeError(f"chain has {int(self.n_trained)} of {self.n_blocks} blocks trained")

@@ -30,6 +30,7 @@ class FitConfig(Config):
         warmup_steps: Warm-up steps at the start of each block.
         weight_decay: AdamW weight decay.
         grad_clip: Max gradient norm (0 disables).
+
     """
 
     steps_per_block: int = 1000
@@ -74,6 +75,7 @@ def fit_chain(
 
     Returns:
         Per block, the list of training losses.
+
     """
     gen = torch.Generator().manual_seed(seed)
     history: list[list[float]] = []

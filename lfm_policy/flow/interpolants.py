@@ -16,6 +16,7 @@ class InterpolantSample:
         x_t: (B, ...) I_t.
         dx_t: (B, ...) ∂_t I_t, the flow-matching regression target.
         t: (B,) times.
+
     """
 
     x_t: torch.Tensor
@@ -41,6 +42,7 @@ class Interpolant:
             x_data_side: (B, ...) endpoint at t = 0.
             x_noise_side: (B, ...) endpoint at t = 1.
             t: (B,) times in [0, 1].
+
         """
         if x_data_side.shape != x_noise_side.shape:
             raise ValueError(

@@ -65,6 +65,7 @@ def block_log_det(
 
     Returns:
         (x_noise_side (B, ...), integral (B,)).
+
     """
     b = x_data_side.shape[0]
     event_shape = tuple(x_data_side.shape[1:])
@@ -89,7 +90,7 @@ def log_prob(
     use_ema: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """log p(x | cond) in nats under the chain.
+    """Log p(x | cond) in nats under the chain.
 
     Args:
         chain: Trained chain.
@@ -103,6 +104,7 @@ def log_prob(
 
     Returns:
         (B,) log-densities.
+
     """
     chain._check_batch(x, cond)
     d = math.prod(chain.event_shape)

@@ -21,6 +21,7 @@ def ou_step(x: torch.Tensor, gamma: float, noise: torch.Tensor) -> torch.Tensor:
 
     Returns:
         (B, ...) diffused points.
+
     """
     if not gamma > 0:
         raise ValueError(f"ou_step: gamma must be > 0, got {gamma}")
@@ -36,6 +37,7 @@ class OUSchedule:
 
     Attributes:
         gammas: (γ_1, …, γ_{N−1}), each > 0. Empty for N = 1 (plain flow matching).
+
     """
 
     gammas: tuple[float, ...]
@@ -55,6 +57,7 @@ class OUSchedule:
             n_blocks: N ≥ 1.
             c: First step size, > 0.
             rho: Growth factor, > 0.
+
         """
         if int(n_blocks) != n_blocks or n_blocks < 1:
             raise ValueError(f"OUSchedule.exponential: n_blocks must be an integer ≥ 1, got {n_blocks}")

@@ -31,6 +31,7 @@ class SolverConfig(Config):
         steps: Steps per block for fixed-step methods (≥ 1).
         rtol: Relative tolerance of the adaptive method.
         atol: Absolute tolerance of the adaptive method.
+
     """
 
     method: str = "midpoint"
@@ -93,6 +94,7 @@ def integrate_fixed(
 
     Returns:
         (B, ...) state at t1.
+
     """
     if method not in EVALS_PER_STEP:
         raise ValueError(f"unknown fixed-step method {method!r}; choose from {sorted(EVALS_PER_STEP)}")

@@ -82,6 +82,7 @@ class DiffusionConfig(Config):
         clip_sample: Clip predicted x0 to [−1, 1] (actions are normalized to that range).
         sampler: ``ddpm`` or ``ddim`` at inference.
         inference_steps: Steps of the sampler (DDIM-k); DDPM uses num_train_timesteps when None.
+
     """
 
     num_train_timesteps: int = 100
@@ -112,6 +113,7 @@ class HeadConfig(Config):
         diffusion: Settings of the ``diffusion`` head.
         ema: EMA of the head's network(s) (per block for flow heads); sampling uses the EMA weights.
             Set it here, not under ``chain.ema`` (which must stay at its default).
+
     """
 
     kind: str = "lfm"

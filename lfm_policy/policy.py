@@ -1,0 +1,236 @@
+"""Policy = normalizer + observation encoder + action head, with a pure ``predict_action_chunk``.
+
+Batch dict (DESIGN.md): ``{"obs": {key: (B, To, ...)}, "action": (B, H, Da), "action_is_pad": (B, H)}``.
+Images arrive as uint8 (B, To, H, W, C) and become float (B, To, C, H, W) in [0, 1] on the device;
+low-dim keys and actions are normalized to [−1, 1]. The observation embedding is computed once per
+call and shared by every block/step of the head.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lfm_policy.config import Config, check
+from lfm_policy.errors import LfmPolicyError
+from lfm_policy.flow.chain import Solvers
+from lfm_policy.heads import HeadConfig, build_head
+from lfm_policy.nets.obs_encoder import ObsEncoder, ObsEncoderConfig
+from lfm_policy.normalizer import LinearNormalizer
+
+ENCODER_TRAINING = ("first_stage", "every_stage")
+
+
+@dataclass
+class PolicyConfig(Config):
+    """Shapes, encoder and head of a policy.
+
+    Attributes:
+        n_obs_steps: To, observation frames per decision.
+        horizon: H, predicted actions per chunk.
+        n_action_steps: Ta, actions executed per chunk (``chunk[To−1 : To−1+Ta]``).
+        obs_keys: Observation keys the policy reads (empty = every key of the dataset).
+        encoder: Observation encoder.
+        head: Action head.
+        encoder_training: ``first_stage``: the encoder trains with the first stage (LFM block 1) and is
+            frozen afterwards, so the conditions that earlier blocks were trained on never change
+            (default); ``every_stage``: it keeps training with every block (earlier, frozen blocks
+            then see drifting conditions — kept as the tested alternative).
+
+    """
+
+    n_obs_steps: int = 2
+    horizon: int = 16
+    n_action_steps: int = 8
+    obs_keys: tuple[str, ...] = ()
+    encoder: ObsEncoderConfig = field(default_factory=ObsEncoderConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    encoder_training: str = "first_stage"
+
+    def __post_init__(self) -> None:
+        check(self.n_obs_steps >= 1, "n_obs_steps", f"must be ≥ 1, got {self.n_obs_steps}")
+        check(self.horizon >= 1, "horizon", f"must be ≥ 1, got {self.horizon}")
+        check(1 <= self.n_action_steps <= self.horizon - self.n_obs_steps + 1, "n_action_steps",
+              f"must be in [1, horizon − n_obs_steps + 1 = {self.horizon - self.n_obs_steps + 1}], "
+              f"got {self.n_action_steps}")
+        self.obs_keys = tuple(self.obs_keys)
+        check(self.encoder_training in ENCODER_TRAINING, "encoder_training", f"choose from {ENCODER_TRAINING}")
+
+
+@dataclass
+class PolicySpec(Config):
+    """What the policy consumes and produces (saved with checkpoints, checked on use).
+
+    Attributes:
+        obs_shapes: Per-frame shape of each observation key as the environment gives it:
+            (H, W, C) uint8 for images, (D,) for low-dim keys.
+        image_keys: Keys that are camera images.
+        action_dim: Da.
+
+    """
+
+    obs_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    image_keys: tuple[str, ...] = ()
+    action_dim: int = 0
+
+    def __post_init__(self) -> None:
+        self.obs_shapes = {k: tuple(int(s) for s in v) for k, v in self.obs_shapes.items()}
+        self.image_keys = tuple(self.image_keys)
+        check(bool(self.obs_shapes), "obs_shapes", "needs at least one observation key")
+        check(self.action_dim >= 1, "action_dim", f"must be ≥ 1, got {self.action_dim}")
+        for k in self.image_keys:
+            check(k in self.obs_shapes and len(self.obs_shapes[k]) == 3, "image_keys",
+                  f"{k!r} must be an observation key with an (H, W, C) shape")
+
+    def encoder_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes as the encoder sees them: images (C, H, W)."""
+        return {k: ((s[2], s[0], s[1]) if k in self.image_keys else s) for k, s in self.obs_shapes.items()}
+
+
+def executable_slice(chunk: torch.Tensor, n_obs_steps: int, n_action_steps: int) -> torch.Tensor:
+    """The actions to execute from a chunk: ``chunk[:, To−1 : To−1+Ta]`` (B, Ta, Da).
+
+    The chunk's step To−1 lines up with the latest observation, as in Diffusion Policy.
+    """
+    start = n_obs_steps - 1
+    return chunk[:, start : start + n_action_steps]
+
+
+class Policy(nn.Module):
+    """A visuomotor (or low-dim) policy.
+
+    Args:
+        config: Policy configuration.
+        spec: Observation and action spec.
+        normalizer: Fitted normalizer with the action key ``"action"`` and every low-dim key.
+
+    """
+
+    def __init__(self, config: PolicyConfig, spec: PolicySpec, normalizer: LinearNormalizer | None = None):
+        super().__init__()
+        self.config, self.spec = config, spec
+        self.normalizer = normalizer if normalizer is not None else LinearNormalizer()
+        self.encoder = ObsEncoder(config.encoder, spec.encoder_shapes(), config.n_obs_steps)
+        self.head = build_head(config.head, (config.horizon, spec.action_dim), self.encoder.output_dim)
+
+    # ------------------------------------------------------------------------------ observations
+    def _prepare_obs(self, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Check keys/shapes, move images to float CHW in [0, 1] and normalize low-dim keys."""
+        missing = [k for k in self.spec.obs_shapes if k not in obs]
+        unknown = sorted(k for k in obs if k not in self.spec.obs_shapes)
+        if missing or unknown:
+            raise LfmPolicyError(f"policy observation: missing key(s) {missing}, unknown key(s) {unknown}; "
+                                 f"the checkpoint expects {sorted(self.spec.obs_shapes)}")
+        out = {}
+        to = self.config.n_obs_steps
+        device = self.device
+        for key, shape in self.spec.obs_shapes.items():
+            x = torch.as_tensor(obs[key], device=device)
+            if tuple(x.shape[1:]) != (to, *shape):
+                raise LfmPolicyError(f"policy observation {key!r}: expected shape (B, {to}, "
+                                     f"{', '.join(map(str, shape))}), got {tuple(x.shape)}")
+            if key in self.spec.image_keys:
+                x = x.permute(0, 1, 4, 2, 3)  # (B, To, H, W, C) -> (B, To, C, H, W)
+                x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+            else:
+                x = self.normalizer.normalize_key(key, x.float())
+            out[key] = x
+        return out
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the policy's weights."""
+        return next(self.head.parameters()).device
+
+    def encode(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Observation embedding (B, Dc), computed once per control step."""
+        return self.encoder(self._prepare_obs(obs), generator=generator)
+
+    # --------------------------------------------------------------------------------- training
+    def compute_loss(self, batch: Mapping, *, stage: int = 0,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of training stage ``stage`` on a batch dict; returns (loss, info)."""
+        action = torch.as_tensor(batch["action"])
+        action = self.normalizer.normalize_key("action", action.to(self.device).float())
+        train_encoder = stage == 0 or self.config.encoder_training == "every_stage"
+        with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
+            cond = self.encode(batch["obs"], generator=generator)
+        loss = self.head.loss(action, cond, stage=stage, generator=generator)
+        return loss, {"loss": loss.item(), "stage": stage}
+
+    def stage_parameters(self, stage: int) -> list[nn.Parameter]:
+        """Parameters optimized in ``stage``: the head's, plus the encoder's where it trains."""
+        params = list(self.head.stage_parameters(stage))
+        if stage == 0 or self.config.encoder_training == "every_stage":
+            params += list(self.encoder.parameters())
+        return params
+
+    # -------------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def predict_action_chunk(self, obs: Mapping[str, torch.Tensor], *, noise: torch.Tensor | None = None,
+                             generator: torch.Generator | None = None, solver: Solvers | None = None
+                             ) -> torch.Tensor:
+        """Pure prediction: observation window → unnormalized action chunk (B, H, Da).
+
+        Deterministic given ``noise`` (B, H, Da); no hidden state.
+        """
+        cond = self.encode(obs)
+        chunk = self.head.sample(cond, noise=noise, generator=generator, solver=solver)
+        return self.normalizer.unnormalize_key("action", chunk)
+
+    def executable_actions(self, chunk: torch.Tensor) -> torch.Tensor:
+        """(B, Ta, Da) actions to execute from a chunk."""
+        return executable_slice(chunk, self.config.n_obs_steps, self.config.n_action_steps)
+
+    def nfe(self, solver: Solvers | None = None) -> int | None:
+        """Network evaluations of the head per chunk (plus one encoder pass)."""
+        return self.head.nfe(solver)
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def save(self, path, *, metadata: dict | None = None):
+        """Write a pickle-free checkpoint directory (see :mod:`lfm_policy.checkpoint`)."""
+        from lfm_policy.checkpoint import save_policy
+
+        return save_policy(self, path, metadata=metadata)
+
+    @classmethod
+    def load(cls, path, *, map_location: str = "cpu", expect_obs_shapes: dict | None = None) -> Policy:
+        """Load a checkpoint; ``expect_obs_shapes`` rejects one trained on other observations."""
+        from lfm_policy.checkpoint import load_policy
+
+        return load_policy(path, map_location=map_location, expect_obs_shapes=expect_obs_shapes)
+
+
+class ActionQueue:
+    """Step-wise control on top of :meth:`Policy.predict_action_chunk`.
+
+    Keeps the last To observations (the first is repeated after :meth:`reset`) and a queue of
+    executable actions; a new chunk is predicted when the queue is empty.
+    """
+
+    def __init__(self, policy: Policy, *, solver: Solvers | None = None, generator: torch.Generator | None = None):
+        self.policy, self.solver, self.generator = policy, solver, generator
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the observation history and the queued actions (call at episode start)."""
+        self._obs: deque[dict[str, torch.Tensor]] = deque(maxlen=self.policy.config.n_obs_steps)
+        self._actions: deque[torch.Tensor] = deque()
+
+    def select_action(self, obs: Mapping[str, torch.Tensor | Sequence]) -> torch.Tensor:
+        """One action (B, Da) for the current observation ``{key: (B, ...)}``."""
+        frame = {k: torch.as_tensor(v) for k, v in obs.items()}
+        if not self._obs:
+            self._obs.extend([frame] * self.policy.config.n_obs_steps)
+        else:
+            self._obs.append(frame)
+        if not self._actions:
+            window = {k: torch.stack([f[k] for f in self._obs], dim=1) for k in frame}  # (B, To, ...)
+            chunk = self.policy.predict_action_chunk(window, solver=self.solver, generator=self.generator)
+            self._actions.extend(self.policy.executable_actions(chunk).unbind(dim=1))
+        return self._actions.popleft()
+
