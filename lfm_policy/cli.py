@@ -19,6 +19,7 @@ from lfm_policy.errors import LfmPolicyError
 SUBCOMMAND_MODULES = (
     "lfm_policy.datasets.cli",
     "lfm_policy.envs.cli",
+    "lfm_policy.train_cli",
 )
 
 

@@ -162,6 +162,10 @@ class Policy(nn.Module):
         loss = self.head.loss(action, cond, stage=stage, generator=generator)
         return loss, {"loss": loss.item(), "stage": stage}
 
+    def forward(self, batch: Mapping, stage: int = 0) -> torch.Tensor:
+        """Training loss (what DDP wraps); see :meth:`compute_loss`."""
+        return self.compute_loss(batch, stage=stage)[0]
+
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
         """Parameters optimized in ``stage``: the head's, plus the encoder's where it trains."""
         params = list(self.head.stage_parameters(stage))

@@ -43,6 +43,11 @@ class ActionHead(nn.Module):
         """Network evaluations per chunk."""
         raise NotImplementedError
 
+    @property
+    def ready(self) -> bool:
+        """Whether every stage is trained, so that :meth:`sample` can run."""
+        return True
+
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
         """Parameters trained in ``stage``."""
         return [p for n, p in self.named_parameters() if not n.startswith("ema_")]
@@ -86,6 +91,11 @@ class FlowHead(ActionHead):
     def nfe(self, solver=None):
         """N × steps × evaluations per step."""
         return self.chain.nfe(solver)
+
+    @property
+    def ready(self):
+        """All blocks trained."""
+        return int(self.chain.n_trained) >= self.chain.n_blocks
 
     def stage_parameters(self, stage):
         """Only block ``stage`` trains in stage ``stage``."""
