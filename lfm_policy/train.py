@@ -79,6 +79,7 @@ class TrainConfig(Config):
         val_every / val_batches: Validation cadence and size (loss, action error, NLL of flow heads).
         checkpoint_every: Steps between ``latest`` checkpoints.
         keep_best: Best checkpoints (by validation action error in the last stage) to keep.
+
     """
 
     data: DataConfig = field(default_factory=DataConfig)
