@@ -19,6 +19,7 @@ class SinusoidalTimeEmbedding(nn.Module):
         dim: Output size (even).
         scale: Multiplier applied to t before the sinusoids.
         max_period: Longest period of the sinusoids.
+
     """
 
     def __init__(self, dim: int, scale: float = 1000.0, max_period: float = 10000.0):
@@ -39,6 +40,7 @@ class SinusoidalTimeEmbedding(nn.Module):
 
         Returns:
             (B, dim) embedding [sin, cos].
+
         """
         args = (t.float() * self.scale)[:, None] * self.freqs[None, :]  # (B, dim/2)
         return torch.cat([args.sin(), args.cos()], dim=-1)

@@ -48,6 +48,7 @@ class ResidualMLP(nn.Module):
         depth: Number of residual blocks.
         time_dim: Size of the sinusoidal time embedding.
         dropout: Dropout inside the residual blocks.
+
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class ResidualMLP(nn.Module):
 
         Returns:
             (B, *event_shape) velocity.
+
         """
         b = x.shape[0]
         if (cond is None) != (self.cond_dim == 0):
