@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except (LfmPolicyError, FileNotFoundError, FileExistsError) as e:
         print(f"lfm-policy {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # e.g. `lfm-policy data info X | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"lfm-policy {args.command}: interrupted", file=sys.stderr)
         return 130

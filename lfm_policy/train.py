@@ -267,15 +267,15 @@ class Trainer:
             bar.close()
 
     def _loader(self) -> torch.utils.data.DataLoader:
+        """Shuffled batches for this epoch (one vectorized gather per batch; DistributedSampler under DDP)."""
         sampler = None
         gen = torch.Generator().manual_seed(self.config.seed * 1000 + self.progress["epoch"])
         if self.dist:
             sampler = torch.utils.data.distributed.DistributedSampler(self.dataset, seed=self.config.seed)
             sampler.set_epoch(self.progress["epoch"])
-        return torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.config.batch_size, shuffle=sampler is None, sampler=sampler,
-            generator=gen if sampler is None else None, num_workers=self.config.data.num_workers, drop_last=True,
-            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        return self.dataset.make_loader(self.config.batch_size, shuffle=True, generator=gen, sampler=sampler,
+                                        num_workers=self.config.data.num_workers,
+                                        pin_memory=self.device.type == "cuda")
 
     # ------------------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -283,7 +283,7 @@ class Trainer:
         from lfm_policy.flow.likelihood import log_prob
 
         policy = self.policy.eval()
-        loader = torch.utils.data.DataLoader(self.val_dataset, batch_size=self.config.batch_size, shuffle=False)
+        loader = self.val_dataset.make_loader(self.config.batch_size, shuffle=False, drop_last=False)
         gen = torch.Generator(device=self.device).manual_seed(self.config.seed)
         losses, errors, nlls = [], [], []
         complete = policy.head.ready  # a chain with untrained blocks cannot sample yet
