@@ -21,3 +21,19 @@ def test_flow_core_example_runs(capsys):
     assert x.shape == (5, 2)
     assert (x - x.new_tensor([0.0, 1.0])).norm(dim=1).median() < 0.3
     assert "8" in capsys.readouterr().out
+
+
+def test_datasets_example_runs(tmp_path, monkeypatch, capsys):
+    (code,) = python_blocks("## Demonstration datasets")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README:datasets", "exec"), {})
+    out = capsys.readouterr().out.split()
+    assert out[:2] == ["387", "43"]
+    assert (tmp_path / "demo.zarr").is_dir()
+
+
+def test_networks_example_runs():
+    (code,) = python_blocks("## Networks")
+    scope: dict = {}
+    exec(compile(code, "README:nets", "exec"), scope)
+    assert scope["cond"].shape == (8, 134) and scope["v"].shape == (8, 16, 7)
