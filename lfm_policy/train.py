@@ -173,6 +173,7 @@ class Trainer:
         self.progress = {"stage": 0, "stage_step": 0, "global_step": 0, "epoch": 0, "stage_started": False,
                          "best": []}
         self.resume = resume
+        self._pending_train_state: Path | None = None  # optimizer state to restore when the stage starts
 
     @staticmethod
     def _default_obs_keys(path: str, action_key: str) -> list[str]:
@@ -341,8 +342,6 @@ class Trainer:
             for _, drop in best[self.config.keep_best:]:
                 shutil.rmtree(self.ckpt_dir / drop, ignore_errors=True)
             del best[self.config.keep_best:]
-
-    _pending_train_state: Path | None = None
 
     def _load_latest(self) -> dict:
         from safetensors.torch import load_file
