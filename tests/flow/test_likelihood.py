@@ -38,9 +38,12 @@ def test_log_prob_of_affine_flow_matches_the_analytic_value(n_blocks):
         z, logdet = affine_map(a, b, z), logdet + torch.trace(a)
     expected = normal_logpdf(z) + logdet
     torch.testing.assert_close(log_prob(chain, x, None, solver=RK4, exact=True), expected, atol=1e-6, rtol=0)
-    # Hutchinson: unbiased; with many probes it approaches the exact value
-    est = log_prob(chain, x, None, solver=RK4, exact=False, n_probes=400, generator=g)
-    assert (est - expected).abs().max() < 0.15
+    # Hutchinson: unbiased; with many probes it approaches the exact-divergence value (same solver)
+    coarse = SolverConfig(method="rk4", steps=6)
+    exact = log_prob(chain, x, None, solver=coarse, exact=True)
+    est = log_prob(chain, x, None, solver=coarse, exact=False, n_probes=200, generator=g)
+    assert (est - exact).abs().max() < 0.15
+    assert (exact - expected).abs().max() < 1e-3
 
 
 def test_log_prob_of_exact_gaussian_chain_is_the_data_density():

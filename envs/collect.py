@@ -1,0 +1,308 @@
+"""Demonstration collection: roll out a task's scripted expert and write the episodes.
+
+Attempt ``i`` of a collection with base seed ``S`` uses seed ``S + i`` (see
+:mod:`lfm_policy.envs.rollout`), so the output depends only on the task, the options and ``S`` — not
+on the number of worker processes. By default only successful episodes are kept: attempts continue
+until ``n_episodes`` successes or ``max_attempts`` attempts.
+
+Outputs:
+
+* ``zarr`` — a :class:`lfm_policy.datasets.replay_buffer.ReplayBuffer` with one array per observation
+  key plus ``action`` float32 (T, Da); root attrs ``task``, ``seeds`` (of the written episodes, in
+  order), ``n_discarded``, ``discarded_seeds``, ``modes`` (counts, when the task reports modes),
+  ``env_meta`` (when the env has one) and the options; per-episode attrs ``seed``, ``success``, ``mode``.
+* ``robomimic`` — robomimic's HDF5 layout (``env_args``, ``states``, ``model_file``), for tasks whose
+  env has ``env_meta`` and ``get_state`` (robosuite); the collection attrs are stored as JSON in
+  ``data.attrs["lfm_policy_collect"]``.
+
+Both are built at a temporary path next to the target and renamed into place only when complete, so
+an interrupted collection never leaves a half-written dataset at the target path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import itertools
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from lfm_policy.config import Config, check
+from lfm_policy.envs.rollout import EnvRecipe, Episode, iter_episodes
+from lfm_policy.errors import DataError, LfmPolicyError
+
+OnEpisode = Callable[[Episode, bool, int, int], None]
+
+
+@dataclasses.dataclass
+class CollectConfig(Config):
+    """What to collect.
+
+    Attributes:
+        task: Registered task name (``lfm-policy tasks``).
+        n_episodes: Episodes to write (successful ones unless ``keep_failed``).
+        seed: Base seed; attempt ``i`` uses seed ``seed + i``.
+        images: Record camera observations.
+        workers: Worker processes (1 = collect in this process).
+        keep_failed: Keep failed episodes too (then exactly ``n_episodes`` attempts are made).
+        max_attempts: Give up after this many attempts (default ``2 * n_episodes + 10``).
+        env_kwargs: Extra keyword arguments for the task's env factory (e.g. ``image_size``).
+        plugins: Modules to import (in every process) before the task is resolved; they may call
+            :func:`lfm_policy.envs.registry.register_task`.
+
+    """
+
+    task: str = "toy/point-obstacle"
+    n_episodes: int = 10
+    seed: int = 0
+    images: bool = False
+    workers: int = 1
+    keep_failed: bool = False
+    max_attempts: int | None = None
+    env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    plugins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check(self.n_episodes > 0, "n_episodes", f"must be positive, got {self.n_episodes}")
+        check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        check(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
+        if self.max_attempts is not None:
+            check(self.max_attempts >= self.n_episodes, "max_attempts", "must be >= n_episodes")
+
+    @property
+    def attempts(self) -> int:
+        """Maximum number of episodes rolled out."""
+        if self.keep_failed:
+            return self.n_episodes
+        return self.max_attempts if self.max_attempts is not None else 2 * self.n_episodes + 10
+
+    def recipe(self, record_states: bool = False) -> EnvRecipe:
+        """Return the env/expert recipe sent to each rollout process."""
+        return EnvRecipe(self.task, self.images, tuple(sorted(self.env_kwargs.items())), self.plugins, record_states)
+
+
+@dataclasses.dataclass
+class CollectResult:
+    """Summary of a collection.
+
+    Attributes:
+        path: Output path.
+        n_kept: Episodes written.
+        n_discarded: Failed episodes dropped.
+        seeds: Seed of each written episode, in order.
+        discarded_seeds: Seeds of the dropped episodes.
+        n_steps: Total steps written.
+        seconds: Wall time of the whole collection (worker start, rollouts, writing).
+        modes: Count of ``info["mode"]`` over the written episodes (empty if the task has none).
+        rollout_wait_seconds: Part of ``seconds`` spent waiting for episodes (the rest is writing).
+        rollout_cpu_seconds: CPU time of the rollouts (all episodes, summed over processes).
+
+    """
+
+    path: Path
+    n_kept: int
+    n_discarded: int
+    seeds: list[int]
+    discarded_seeds: list[int]
+    n_steps: int
+    seconds: float
+    modes: dict[str, int]
+    rollout_wait_seconds: float = 0.0
+    rollout_cpu_seconds: float = 0.0
+
+    @property
+    def episodes_per_s(self) -> float:
+        """Rolled-out episodes (kept + discarded) per second of wall time."""
+        return (self.n_kept + self.n_discarded) / max(self.seconds, 1e-9)
+
+
+@dataclasses.dataclass
+class _Tally:
+    seeds: list[int] = dataclasses.field(default_factory=list)
+    discarded: list[int] = dataclasses.field(default_factory=list)
+    modes: Counter = dataclasses.field(default_factory=Counter)
+    n_steps: int = 0
+    env_meta: dict | None = None
+    wait_s: float = 0.0
+    cpu_s: float = 0.0
+
+
+def _kept_episodes(
+    cfg: CollectConfig, recipe: EnvRecipe, tally: _Tally, on_episode: OnEpisode | None
+) -> Iterator[Episode]:
+    """Yield the episodes to write (in seed order) and count the rest in ``tally``."""
+    episodes = iter_episodes(recipe, range(cfg.seed, cfg.seed + cfg.attempts), workers=cfg.workers)
+    try:
+        while len(tally.seeds) < cfg.n_episodes:
+            t0 = time.perf_counter()
+            ep = next(episodes, None)
+            tally.wait_s += time.perf_counter() - t0
+            if ep is None:
+                return
+            tally.cpu_s += ep.cpu_seconds
+            keep = ep.success or cfg.keep_failed
+            if keep:
+                tally.seeds.append(ep.seed)
+                tally.n_steps += ep.length
+                tally.env_meta = tally.env_meta or ep.env_meta
+                if ep.mode is not None:
+                    tally.modes[str(ep.mode)] += 1
+            else:
+                tally.discarded.append(ep.seed)
+            if on_episode is not None:
+                on_episode(ep, keep, len(tally.seeds), len(tally.discarded))
+            if keep:
+                yield ep
+    finally:
+        episodes.close()
+
+
+def collect(
+    cfg: CollectConfig,
+    out: str | os.PathLike,
+    *,
+    fmt: str = "zarr",
+    overwrite: bool = False,
+    on_episode: OnEpisode | None = None,
+) -> CollectResult:
+    """Collect expert demonstrations and write them to ``out``.
+
+    With ``cfg.workers > 1`` call this under ``if __name__ == "__main__":`` in scripts (the worker
+    processes re-import the main module).
+
+    Args:
+        cfg: What to collect.
+        out: Output path: a zarr replay buffer (``fmt="zarr"``) or a robomimic HDF5 file
+            (``fmt="robomimic"``, needs an env with ``get_state`` and ``env_meta``, e.g. robosuite).
+        fmt: ``"zarr"`` or ``"robomimic"``.
+        overwrite: Replace an existing ``out``.
+        on_episode: Called as ``on_episode(episode, kept, n_kept, n_discarded)`` after each rollout.
+
+    Returns:
+        The summary; ``n_kept`` may fall short of ``cfg.n_episodes`` if attempts ran out.
+
+    Raises:
+        FileExistsError: ``out`` exists and ``overwrite`` is False.
+        DataError: No episode could be kept (nothing is written).
+        LfmPolicyError: Unknown task, bad format, or a task without what the format needs.
+
+    """
+    from lfm_policy.envs import registry
+
+    if fmt not in ("zarr", "robomimic"):
+        raise LfmPolicyError(f"format must be 'zarr' or 'robomimic', got {fmt!r}")
+    for module in cfg.plugins:
+        importlib.import_module(module)
+    registry.task_family(cfg.task)  # unknown task → clear error before any worker starts
+    out = Path(out)
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{out} exists (pass overwrite / --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"output folder {out.parent} does not exist")
+    start = time.perf_counter()
+    tally = _Tally()
+    recipe = cfg.recipe(record_states=fmt == "robomimic")
+    episodes = _kept_episodes(cfg, recipe, tally, on_episode)
+    try:
+        if fmt == "zarr":
+            _write_zarr(out, cfg, episodes, tally, overwrite)
+        else:
+            _write_robomimic(out, cfg, episodes, tally, overwrite)
+    finally:
+        episodes.close()
+    return CollectResult(
+        out, len(tally.seeds), len(tally.discarded), tally.seeds, tally.discarded, tally.n_steps,
+        time.perf_counter() - start, dict(sorted(tally.modes.items())), tally.wait_s, tally.cpu_s,
+    )  # fmt: skip
+
+
+def _check_some_kept(cfg: CollectConfig, tally: _Tally, out: Path) -> None:
+    if not tally.seeds:
+        n = len(tally.discarded)
+        raise DataError(
+            f"task {cfg.task}: no successful episode in {n} attempts (seeds {cfg.seed}..{cfg.seed + n - 1}); "
+            f"nothing written to {out}"
+        )
+
+
+def _attrs(cfg: CollectConfig, tally: _Tally) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "task": cfg.task,
+        "seeds": list(tally.seeds),
+        "n_discarded": len(tally.discarded),
+        "discarded_seeds": list(tally.discarded),
+        "base_seed": cfg.seed,
+        "images": cfg.images,
+        "keep_failed": cfg.keep_failed,
+        "collector": "lfm-policy collect",
+    }
+    if cfg.env_kwargs:
+        attrs["env_kwargs"] = dict(cfg.env_kwargs)
+    if tally.modes:
+        attrs["modes"] = dict(sorted(tally.modes.items()))
+    if tally.env_meta is not None:
+        attrs["env_meta"] = tally.env_meta
+    return attrs
+
+
+def _write_zarr(out: Path, cfg: CollectConfig, episodes: Iterator[Episode], tally: _Tally, overwrite: bool) -> None:
+    from lfm_policy.datasets.replay_buffer import ReplayBuffer
+
+    buffer = ReplayBuffer.create(out, attrs={"task": cfg.task}, overwrite=overwrite, atomic=True)
+    try:
+        for ep in episodes:
+            data = dict(ep.obs)
+            if "action" in data:
+                raise DataError(f"task {cfg.task}: observation key 'action' clashes with the action array")
+            data["action"] = ep.actions
+            ep_attrs: dict[str, Any] = {"seed": ep.seed, "success": ep.success}
+            if ep.mode is not None:
+                ep_attrs["mode"] = str(ep.mode)
+            buffer.add_episode(data, episode_attrs=ep_attrs)
+        _check_some_kept(cfg, tally, out)
+        buffer.attrs.update(_attrs(cfg, tally))
+    except BaseException:
+        buffer.discard()
+        raise
+    buffer.close()  # publishes: renames the temporary directory to ``out``
+
+
+def _robomimic_episode(ep: Episode) -> dict[str, Any]:
+    return {"obs": ep.obs, "actions": ep.actions, "rewards": ep.rewards, "dones": ep.dones,
+            "states": ep.states, "model_file": ep.model_file or ""}  # fmt: skip
+
+
+def _write_robomimic(
+    out: Path, cfg: CollectConfig, episodes: Iterator[Episode], tally: _Tally, overwrite: bool
+) -> None:
+    """Stream the episodes into a robomimic HDF5 file at a temporary path, then rename it to ``out``."""
+    import h5py
+
+    from lfm_policy.datasets.robomimic_hdf5 import write_robomimic_hdf5
+
+    first = next(episodes, None)
+    if first is None:
+        _check_some_kept(cfg, tally, out)
+    if first.env_meta is None:
+        raise LfmPolicyError(
+            f"task {cfg.task}: --format robomimic needs an env with env_meta (robomimic env_args), "
+            "e.g. a robosuite task"
+        )
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        stream = (_robomimic_episode(ep) for ep in itertools.chain([first], episodes))
+        write_robomimic_hdf5(tmp, stream, env_args=first.env_meta, filters=None)
+        with h5py.File(tmp, "r+") as f:
+            f["data"].attrs["lfm_policy_collect"] = json.dumps(_attrs(cfg, tally))
+        if overwrite and out.is_dir() and not out.is_symlink():
+            shutil.rmtree(out)  # a file is replaced atomically by os.replace, a folder is not
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
