@@ -1,0 +1,391 @@
+"""robosuite tasks (Lift, PickPlaceCan, NutAssemblySquare) created through robomimic's env utilities.
+
+An environment is described by robomimic env metadata (the ``env_args`` JSON of a robomimic HDF5
+file: ``env_name``, ``type``, ``env_kwargs``) and created with
+``robomimic.utils.env_utils.create_env_for_data_processing``, exactly as robomimic's own dataset
+tools do, so a robomimic dataset's ``env_args`` can be passed as ``env_meta`` unchanged.
+:func:`default_env_meta` builds the metadata of robomimic's datasets for each task: Panda,
+``OSC_POSE`` (robosuite 1.4.1 defaults: 7-d delta action, 0.05 m / 0.5 rad per unit, gripper -1 open
+/ +1 close) at 20 Hz, sparse reward, plus ``hard_reset=False`` (reset the simulation in place instead
+of recompiling the model each episode; same task distribution, 100x faster resets).
+
+Observations (``spaces.Dict``), the low-dim keys of robomimic's datasets:
+    robot0_eef_pos: float32 (3,)    robot0_eef_quat: float32 (4,) (x, y, z, w)
+    robot0_gripper_qpos: float32 (2,)    object: float32 (10,) Lift / (14,) Can and Square
+    agentview_image, robot0_eye_in_hand_image: uint8 (S, S, 3), upright, only with ``images=True``.
+
+robosuite renders OpenGL frames bottom-up; robomimic's wrapper flips them, so they arrive upright.
+For speed the offscreen renderer runs without shadows, reflections and multisampling.
+
+Seeding: robosuite's placement samplers and the robot's initial joint noise draw from numpy's (and
+Python's) global generators. ``reset(seed=s)`` runs the reset under those generators seeded with
+``s`` and restores their previous state afterwards, so the same task and seed give the same initial
+state and the caller's global random state is left untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from lfm_policy.envs.robomimic_compat import import_robomimic_env_utils
+from lfm_policy.errors import LfmPolicyError
+
+ROBOSUITE_TASK_NAMES: tuple[str, ...] = ("Lift", "PickPlaceCan", "NutAssemblySquare")
+
+ROBOSUITE_MAX_EPISODE_STEPS: dict[str, int] = {"Lift": 400, "PickPlaceCan": 400, "NutAssemblySquare": 400}
+"""Episode limits (robomimic's / Diffusion Policy's rollout horizons for these tasks)."""
+
+ROBOSUITE_CAMERAS: tuple[str, ...] = ("agentview", "robot0_eye_in_hand")
+LOW_DIM_KEYS: tuple[str, ...] = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")
+_ROBOSUITE_ENV_TYPE = 1  # robomimic.envs.env_base.EnvType.ROBOSUITE_TYPE
+_MODEL_SEED = 0  # global-RNG seed under which the model is built (same model in every instance)
+
+
+class EnvMetaError(LfmPolicyError, ValueError):
+    """The robomimic env metadata is malformed or names another task."""
+
+
+def default_env_meta(name: str, image_size: int = 84) -> dict[str, Any]:
+    """Return robomimic env metadata (``env_args``) for task ``name``, as robomimic's datasets have it.
+
+    Args:
+        name: One of :data:`ROBOSUITE_TASK_NAMES`.
+        image_size: Camera height and width recorded in the metadata.
+
+    Raises:
+        LfmPolicyError: For an unknown task.
+
+    """
+    if name not in ROBOSUITE_TASK_NAMES:
+        raise LfmPolicyError(f"unknown robosuite task {name!r}; known: {', '.join(ROBOSUITE_TASK_NAMES)}")
+    import_robomimic_env_utils()  # headless GL before robosuite loads mujoco
+    import robosuite
+    from robosuite.controllers import load_controller_config
+
+    return {
+        "env_name": name,
+        "env_version": robosuite.__version__,
+        "type": _ROBOSUITE_ENV_TYPE,
+        "env_kwargs": {
+            "has_renderer": False,
+            "has_offscreen_renderer": True,
+            "ignore_done": True,
+            "use_object_obs": True,
+            "use_camera_obs": True,
+            "control_freq": 20,
+            "controller_configs": load_controller_config(default_controller="OSC_POSE"),
+            "robots": ["Panda"],
+            "camera_depths": False,
+            "camera_heights": int(image_size),
+            "camera_widths": int(image_size),
+            "camera_names": list(ROBOSUITE_CAMERAS),
+            "reward_shaping": False,
+            "hard_reset": False,
+        },
+    }
+
+
+def _check_env_meta(name: str, env_meta: dict[str, Any]) -> None:
+    for key in ("env_name", "type", "env_kwargs"):
+        if key not in env_meta:
+            raise EnvMetaError(f"env_meta has no {key!r} key (expected robomimic env_args: env_name, type, env_kwargs)")
+    if env_meta["type"] != _ROBOSUITE_ENV_TYPE:
+        raise EnvMetaError(f"env_meta['type'] is {env_meta['type']!r}, not robosuite ({_ROBOSUITE_ENV_TYPE})")
+    if env_meta["env_name"] != name:
+        raise EnvMetaError(f"env_meta['env_name'] is {env_meta['env_name']!r} but task {name!r} was requested")
+    if not isinstance(env_meta["env_kwargs"], dict):
+        raise EnvMetaError("env_meta['env_kwargs'] must be a dict")
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int | None) -> Iterator[None]:
+    """Seed numpy's and Python's global generators inside the block, then restore their state.
+
+    With ``seed=None`` the block runs under the current global state, unchanged.
+    """
+    if seed is None:
+        yield
+        return
+    np_state, py_state = np.random.get_state(), random.getstate()
+    np.random.seed(seed)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+class RobosuiteEnv(gym.Env):
+    """A robosuite task behind robomimic's ``EnvRobosuite``, as a dict-observation gymnasium env.
+
+    Args:
+        name: One of :data:`ROBOSUITE_TASK_NAMES`.
+        images: Add the ``agentview_image`` and ``robot0_eye_in_hand_image`` observations.
+        image_size: Side of the square camera images in pixels.
+        seed: Seeds the generator of episode seeds used by ``reset()`` without a seed.
+        env_meta: robomimic env metadata to create the env from (default :func:`default_env_meta`).
+        max_episode_steps: Episode limit (default from :data:`ROBOSUITE_MAX_EPISODE_STEPS`).
+        terminate_on_success: End the episode (``terminated=True``) on the first successful step.
+
+    Attributes:
+        env_meta: This env's robomimic metadata as robomimic serializes it for a dataset's ``env_args``
+            (``env_name``, ``env_version``, ``type``, ``env_kwargs`` with the cameras actually used).
+        robomimic_env: The robomimic ``EnvRobosuite`` (its ``.env`` is the robosuite env).
+
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        images: bool = False,
+        image_size: int = 84,
+        seed: int | None = None,
+        env_meta: dict[str, Any] | None = None,
+        max_episode_steps: int | None = None,
+        terminate_on_success: bool = True,
+    ) -> None:
+        if name not in ROBOSUITE_TASK_NAMES:
+            raise LfmPolicyError(f"unknown robosuite task {name!r}; known: {', '.join(ROBOSUITE_TASK_NAMES)}")
+        if int(image_size) <= 0:
+            raise LfmPolicyError(f"image_size must be positive, got {image_size}")
+        env_meta = copy.deepcopy(env_meta) if env_meta is not None else default_env_meta(name, image_size)
+        _check_env_meta(name, env_meta)
+        self.task_name = name
+        self.images = bool(images)
+        self.image_size = int(image_size)
+        self.max_episode_steps = int(max_episode_steps or ROBOSUITE_MAX_EPISODE_STEPS[name])
+        if self.max_episode_steps <= 0:
+            raise LfmPolicyError(f"max_episode_steps must be positive, got {max_episode_steps}")
+        self.terminate_on_success = bool(terminate_on_success)
+        self.cameras = ROBOSUITE_CAMERAS if self.images else ()
+
+        env_utils = import_robomimic_env_utils()
+        # robomimic prints its observation spec; library code stays quiet. Building the model draws
+        # from numpy's global generator (Lift's cube size, the first placement): use a fixed seed, so
+        # that every instance builds the same model, and keep the caller's global state.
+        with contextlib.redirect_stdout(io.StringIO()), seeded_global_rng(_MODEL_SEED):
+            self.robomimic_env = env_utils.create_env_for_data_processing(
+                env_meta,
+                camera_names=list(self.cameras),
+                camera_height=self.image_size,
+                camera_width=self.image_size,
+                reward_shaping=False,
+            )
+        # What robomimic records as a dataset's env_args for this env (cameras and sizes included).
+        self.env_meta: dict[str, Any] = copy.deepcopy(self.robomimic_env.serialize())
+        self._configure_renderer()
+
+        first = self._convert(self.robomimic_env.get_observation())
+        obs_spaces: dict[str, spaces.Space] = {
+            k: spaces.Box(-np.inf, np.inf, first[k].shape, np.float32) for k in LOW_DIM_KEYS
+        }
+        for cam in self.cameras:
+            obs_spaces[f"{cam}_image"] = spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
+        self.observation_space = spaces.Dict(obs_spaces)
+        low, high = self.robosuite_env.action_spec
+        self.action_space = spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
+        self._steps = 0
+        if seed is not None:
+            self._np_random, _ = gym.utils.seeding.np_random(seed)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def robosuite_env(self) -> Any:
+        """The robosuite environment (``robomimic_env.env``)."""
+        return self.robomimic_env.env
+
+    def _configure_renderer(self) -> bool:
+        """Switch the offscreen renderer to fast settings once per render context.
+
+        Shadows and reflections are scene flags; multisampling is fixed when the MuJoCo render
+        context is created, so the context is recreated once without it. A hard reset or a
+        ``reset_to`` with a model makes a new simulation and context; this is then applied again.
+
+        Returns:
+            Whether settings were changed (observations taken before must be re-rendered).
+
+        """
+        if not self.cameras:
+            return False
+        import mujoco
+
+        sim = self.robosuite_env.sim
+        ctx = sim._render_context_offscreen
+        if ctx is None or getattr(ctx, "_lfm_policy_fast", False):
+            return False
+        ctx.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        sim.model._model.vis.quality.offsamples = 0
+        ctx.gl_ctx.make_current()
+        ctx.con.free()
+        ctx._set_mujoco_context_and_buffers()
+        ctx._lfm_policy_fast = True
+        return True
+
+    def _convert(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [k for k in LOW_DIM_KEYS if k not in raw]
+        missing += [f"{c}_image" for c in self.cameras if f"{c}_image" not in raw]
+        if missing:
+            raise LfmPolicyError(
+                f"robomimic observation of {self.task_name} lacks {missing} (robomimic's ObsUtils was "
+                "re-initialized without these image keys?)"
+            )
+        obs = {k: np.asarray(raw[k], dtype=np.float32) for k in LOW_DIM_KEYS}
+        for cam in self.cameras:
+            obs[f"{cam}_image"] = np.ascontiguousarray(raw[f"{cam}_image"], dtype=np.uint8)
+        return obs
+
+    def _register_image_keys(self) -> None:
+        """Make sure robomimic's global ObsUtils treats our camera keys as images.
+
+        robomimic's wrapper only flips (and keeps) image observations whose keys its module-global
+        ObsUtils registry marks as ``rgb``; creating another robomimic env re-initializes that
+        registry with its own cameras. Re-register ours (keeping the other keys) when they are gone.
+        """
+        if not self.cameras:
+            return
+        import robomimic.utils.obs_utils as obs_utils
+
+        keys = [f"{c}_image" for c in self.cameras]
+        known = obs_utils.OBS_KEYS_TO_MODALITIES
+        if known is not None and all(known.get(k) == "rgb" for k in keys):
+            return
+        spec: dict[str, list[str]] = {m: list(ks) for m, ks in (obs_utils.OBS_MODALITIES_TO_KEYS or {}).items()}
+        spec["rgb"] = sorted(set(spec.get("rgb", [])) | set(keys))
+        for modality, modality_keys in spec.items():
+            if modality != "rgb":
+                spec[modality] = [k for k in modality_keys if k not in keys]
+        with contextlib.redirect_stdout(io.StringIO()):
+            obs_utils.initialize_obs_utils_with_obs_specs({"obs": spec})
+
+    def _success(self) -> bool:
+        return bool(self.robomimic_env.is_success()["task"])
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Start an episode; the same ``seed`` always gives the same initial state.
+
+        Returns:
+            ``(obs, info)`` with ``info = {"is_success": False, "episode_seed": int}``.
+
+        """
+        super().reset(seed=seed)
+        episode_seed = int(seed) if seed is not None else int(self.np_random.integers(2**31 - 1))
+        self._register_image_keys()
+        with seeded_global_rng(episode_seed):
+            raw = self.robomimic_env.reset()
+        if self._configure_renderer():
+            raw = self.robomimic_env.get_observation()
+        self._steps = 0
+        return self._convert(raw), {"is_success": False, "episode_seed": episode_seed}
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Apply a float (7,) OSC_POSE action in [-1, 1] (clipped).
+
+        Returns:
+            ``(obs, reward, terminated, truncated, info)``; ``info["is_success"]`` is a bool.
+
+        """
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != self.action_space.shape:
+            raise LfmPolicyError(f"{self.task_name} action must have shape {self.action_space.shape}, got {a.shape}")
+        a = np.clip(a, self.action_space.low, self.action_space.high)
+        self._register_image_keys()
+        raw, reward, _, _ = self.robomimic_env.step(a)
+        self._steps += 1
+        success = self._success()
+        terminated = success and self.terminate_on_success
+        truncated = self._steps >= self.max_episode_steps and not terminated
+        return self._convert(raw), float(reward), terminated, truncated, {"is_success": success}
+
+    def render(self) -> np.ndarray:
+        """Return the current agentview frame (uint8 (S, S, 3), upright); needs ``images=True``."""
+        if not self.images:
+            raise LfmPolicyError("render() needs an env made with images=True")
+        self._register_image_keys()
+        return self._convert(self.robomimic_env.get_observation())["agentview_image"]
+
+    def close(self) -> None:
+        """Free the simulator and its offscreen GL context."""
+        rs = self.robosuite_env
+        if rs is None:
+            return
+        ctx = rs.sim._render_context_offscreen if rs.sim is not None else None
+        if ctx is not None:
+            # Free the GL resources now, while EGL is alive, even if something still references the
+            # context (its destructor would otherwise run at interpreter exit and print EGL errors).
+            ctx.gl_ctx.make_current()
+            ctx.con.free()
+            ctx.gl_ctx.free()
+        rs.close()
+        self.robomimic_env.env = None
+
+    # ------------------------------------------------------------------ robomimic HDF5 helpers
+    def get_state(self) -> np.ndarray:
+        """Return the flattened simulator state, float64 (S,) (robomimic HDF5 ``states`` row)."""
+        return np.asarray(self.robosuite_env.sim.get_state().flatten(), dtype=np.float64)
+
+    @property
+    def model_xml(self) -> str:
+        """The MuJoCo model XML of the current scene (robomimic HDF5 ``model_file`` attribute)."""
+        return self.robosuite_env.sim.model.get_xml()
+
+
+def make_robosuite_env(
+    name: str,
+    *,
+    images: bool = False,
+    image_size: int = 84,
+    seed: int | None = None,
+    env_meta: dict[str, Any] | None = None,
+    max_episode_steps: int | None = None,
+    terminate_on_success: bool = True,
+) -> RobosuiteEnv:
+    """Create robosuite task ``name`` from robomimic env metadata (see :class:`RobosuiteEnv`).
+
+    Example:
+        >>> env = make_robosuite_env("Lift", images=True)
+        >>> obs, info = env.reset(seed=0)
+        >>> obs["agentview_image"].shape, env.env_meta["env_kwargs"]["control_freq"]
+        ((84, 84, 3), 20)
+        >>> env.close()
+
+    """
+    return RobosuiteEnv(
+        name,
+        images=images,
+        image_size=image_size,
+        seed=seed,
+        env_meta=env_meta,
+        max_episode_steps=max_episode_steps,
+        terminate_on_success=terminate_on_success,
+    )
+
+
+from lfm_policy.envs.robosuite_experts import RobosuiteExpert  # noqa: E402  (re-export)
+
+__all__ = [
+    "ROBOSUITE_MAX_EPISODE_STEPS",
+    "ROBOSUITE_TASK_NAMES",
+    "EnvMetaError",
+    "RobosuiteEnv",
+    "RobosuiteExpert",
+    "default_env_meta",
+    "make_robosuite_env",
+    "seeded_global_rng",
+]
