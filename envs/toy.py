@@ -47,6 +47,9 @@ class PointObstacleConfig(Config):
     Attributes:
         n_obstacles: 1 (two modes: left/right) or 2 (four modes), stacked between start and goal.
         obstacle_radius: Nominal obstacle radius; each episode scales it by U(0.9, 1.1).
+        obstacle_y: Height of the obstacle's centre (one obstacle). It sits close to the start so that
+            the first executed action chunk (8 steps) already has to pick a side: a policy that
+            averages the two ways drives into it before it can replan.
         max_step: Distance moved per step at full action (the action is clipped to [-1, 1]).
         goal_tolerance: Success when the agent is this close to the goal.
         max_episode_steps: Episodes are truncated after this many steps.
@@ -57,6 +60,7 @@ class PointObstacleConfig(Config):
 
     n_obstacles: int = 1
     obstacle_radius: float = 0.3
+    obstacle_y: float = -0.35
     max_step: float = 0.05
     goal_tolerance: float = 0.05
     max_episode_steps: int = 80
@@ -66,6 +70,7 @@ class PointObstacleConfig(Config):
     def __post_init__(self) -> None:
         check(self.n_obstacles in (1, 2), "n_obstacles", f"must be 1 or 2, got {self.n_obstacles}")
         check(0.05 <= self.obstacle_radius <= 0.4, "obstacle_radius", "must lie in [0.05, 0.4]")
+        check(-0.4 <= self.obstacle_y <= 0.4, "obstacle_y", "must lie in [-0.4, 0.4]")
         if self.n_obstacles == 2:
             check(self.obstacle_radius <= 0.22, "obstacle_radius", "must be <= 0.22 with two obstacles")
         check(0 < self.max_step <= 0.2, "max_step", "must lie in (0, 0.2]")
@@ -138,7 +143,7 @@ class PointObstacleEnv(gym.Env):
         jit = cfg.start_jitter
         self._pos = np.array([rng.uniform(-jit, jit), rng.uniform(-0.9, -0.8)])
         self._goal = np.array([rng.uniform(-jit, jit), rng.uniform(0.8, 0.9)])
-        ys = [0.0] if cfg.n_obstacles == 1 else [-0.35, 0.35]
+        ys = [cfg.obstacle_y] if cfg.n_obstacles == 1 else [-0.35, 0.35]
         self._obstacles = np.array(
             [
                 [

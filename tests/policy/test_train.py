@@ -38,7 +38,7 @@ def test_train_save_load_predict_end_to_end(toy_zarr, tmp_path):
     assert any(p.name.startswith("best-step") for p in (out / "checkpoints").iterdir())
     assert (out / "tb").is_dir()
     policy = Policy.load(path)
-    assert policy.head.ready and policy.nfe() == 3
+    assert policy.head.ready and policy.nfe() == 6  # 3 blocks × 1 midpoint step (2 evaluations)
     obs = {"agent_pos": torch.zeros(2, 2, 2), "goal_pos": torch.zeros(2, 2, 2), "obstacles": torch.zeros(2, 2, 3)}
     chunk = policy.predict_action_chunk(obs, noise=torch.zeros(2, 16, 2))
     assert chunk.shape == (2, 16, 2) and torch.isfinite(chunk).all()
