@@ -163,3 +163,24 @@ def test_config_validation():
         PointObstacleConfig(n_obstacles=3)
     with pytest.raises(ConfigError, match="obstacle_radius"):
         PointObstacleConfig(n_obstacles=2, obstacle_radius=0.3)
+
+
+def test_one_chunk_of_the_mean_first_action_hits_the_obstacle():
+    """Open loop for one executed chunk (Ta = 8), the mean of both ways collides: the side must be picked at once."""
+    env = registry.make_env("toy/point-obstacle")
+    expert = PointObstacleExpert(env)
+    collisions, n = 0, 200
+    for seed in range(n):
+        obs, _ = env.reset(seed=seed)
+        first = []
+        for side in (-1.0, 1.0):
+            expert.reset(seed)
+            expert.sides[:] = side
+            first.append(expert.act(obs))
+        action = 0.5 * (first[0] + first[1])
+        for _ in range(8):
+            obs, _, terminated, _, info = env.step(action)
+            if terminated:
+                break
+        collisions += info["collision"]
+    assert collisions >= 0.9 * n, collisions  # 192 of 200 when measured
