@@ -11,6 +11,14 @@ from lfm_policy.flow.solvers import SolverConfig, VelocityFn, integrate
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
+def weighted_mean(err: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``err`` (B, ...), or its weighted mean with ``weight`` broadcastable to it (0 = ignore)."""
+    if weight is None:
+        return err.mean()
+    weight = weight.to(err.dtype).expand_as(err)
+    return (err * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 class FlowBlock(nn.Module):
     """Velocity network ``v(x, t, cond)`` trained by flow matching between paired endpoints.
 
@@ -82,11 +90,7 @@ class FlowBlock(nn.Module):
         if t is None:
             t = self.sample_time(x_data_side.shape[0], device=x_data_side.device, generator=generator)
         s = self.interpolant(x_data_side, x_noise_side, t)
-        err = (self.net(s.x_t, t, cond) - s.dx_t) ** 2  # (B, ...)
-        if weight is None:
-            return err.mean()
-        weight = weight.to(err.dtype).expand_as(err)
-        return (err * weight).sum() / weight.sum().clamp_min(1.0)
+        return weighted_mean((self.net(s.x_t, t, cond) - s.dx_t) ** 2, weight)
 
     def velocity_fn(self, cond: torch.Tensor | None) -> VelocityFn:
         """Bind the condition: returns ``f(x, t)`` for the solvers."""

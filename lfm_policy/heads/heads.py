@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lfm_policy.ema import ema_update
+from lfm_policy.flow.block import weighted_mean
 from lfm_policy.flow.chain import LocalFlowChain, Solvers
 from lfm_policy.heads.config import HeadConfig
 
@@ -167,11 +168,7 @@ class DiffusionHead(_SingleNetHead):
         noisy = self.train_scheduler.add_noise(action, eps, t)
         pred = self.net(noisy, t.float() / self.config.diffusion.num_train_timesteps, cond)
         target = eps if self.config.diffusion.prediction_type == "epsilon" else action
-        err = (pred - target) ** 2
-        if weight is None:
-            return err.mean()
-        weight = weight.to(err.dtype).expand_as(err)
-        return (err * weight).sum() / weight.sum().clamp_min(1.0)
+        return weighted_mean((pred - target) ** 2, weight)
 
     @torch.no_grad()
     def sample(self, cond, *, noise=None, generator=None, solver=None):
@@ -199,11 +196,7 @@ class RegressionHead(_SingleNetHead):
 
     def loss(self, action, cond, *, stage=0, weight=None, generator=None):
         """MSE between the prediction and the demonstrated chunk."""
-        err = (self._predict(self.net, cond) - action) ** 2
-        if weight is None:
-            return err.mean()
-        weight = weight.to(err.dtype).expand_as(err)
-        return (err * weight).sum() / weight.sum().clamp_min(1.0)
+        return weighted_mean((self._predict(self.net, cond) - action) ** 2, weight)
 
     @torch.no_grad()
     def sample(self, cond, *, noise=None, generator=None, solver=None):
