@@ -139,14 +139,14 @@ class HeadConfig(Config):
 
         With ``equal_total_params`` and N > 1 blocks, widths are scaled by the largest factor for which
         N blocks hold no more parameters than one network of ``net`` (found by bisection, with the
-        networks built on the meta device: no memory is allocated).
+        networks built and dropped on the CPU).
         """
         n = self.chain_config.n_blocks if self.kind in ("lfm", "fm") else 1
         if n == 1 or not self.equal_total_params:
             return self.net
         budget = count_params(self.net, event_shape, cond_dim)
         lo, hi = 0.0, 1.0
-        for _ in range(14):
+        for _ in range(10):
             mid = (lo + hi) / 2
             if n * count_params(self.net.scaled(mid), event_shape, cond_dim) <= budget:
                 lo = mid
@@ -160,9 +160,9 @@ class HeadConfig(Config):
 
 
 def count_params(net: NetConfig, event_shape: tuple[int, int], cond_dim: int) -> int:
-    """Parameters of ``net.build(event_shape, cond_dim)``, built on the meta device."""
-    import torch
+    """Parameters of ``net.build(event_shape, cond_dim)``.
 
-    with torch.device("meta"):
-        module = net.build(event_shape, cond_dim)
-    return sum(p.numel() for p in module.parameters())
+    Built on the CPU and dropped (0.35 s for Diffusion Policy's 69M-parameter UNet). Not on the meta
+    device: that path imports torch._dynamo and triton, which crashed next to numba's LLVM in tests.
+    """
+    return sum(p.numel() for p in net.build(event_shape, cond_dim).parameters())
