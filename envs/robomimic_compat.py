@@ -16,11 +16,22 @@ import types
 
 
 def setup_headless_gl() -> None:
-    """Select EGL for MuJoCo rendering when no display is present (must run before mujoco loads)."""
+    """Select EGL for MuJoCo rendering when no display is present (must run before mujoco loads).
+
+    Also loads triton first when it is installed (torch's CUDA wheels bring it). Mesa's software
+    renderer (llvmpipe, behind EGL/OSMesa) and triton each carry their own LLVM; once a Mesa context
+    exists, a later ``import triton`` — which torch._dynamo does, and diffusers imports torch._dynamo —
+    segfaults the process. Loaded in the other order, both work (tests/envs/test_gl_triton.py).
+    """
     if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
         os.environ["MUJOCO_GL"] = "egl"
     if os.environ.get("MUJOCO_GL") == "egl":
         os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    if os.environ.get("MUJOCO_GL") in ("egl", "osmesa") and "triton" not in sys.modules:
+        import importlib.util
+
+        if importlib.util.find_spec("triton") is not None:
+            import triton  # noqa: F401
 
 
 def install_mujoco_py_stub() -> None:
