@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from lfm_policy.config import check
 from lfm_policy.nets.embeddings import SinusoidalTimeEmbedding
 
 TIME_EMBEDDINGS = ("sinusoidal", "fourier")
@@ -112,3 +113,11 @@ def conditioning_vector(net: nn.Module, x: torch.Tensor, t: torch.Tensor,
     if cond.shape != (b, net.cond_dim):
         raise ValueError(f"{name}: cond must have shape ({b}, {net.cond_dim}), got {tuple(cond.shape)}")
     return torch.cat([c, cond.to(x.dtype)], dim=-1)
+
+
+def check_time_fields(time_embedding: str, time_dim: int, time_scale: float | None) -> None:
+    """Validate the time-embedding fields shared by the network configs (ConfigError names the field)."""
+    check(time_embedding in TIME_EMBEDDINGS, "time_embedding",
+          f"must be one of {TIME_EMBEDDINGS}, got {time_embedding!r}")
+    check(time_dim >= 2 and time_dim % 2 == 0, "time_dim", f"must be even ≥ 2, got {time_dim}")
+    check(time_scale is None or time_scale > 0, "time_scale", f"must be > 0, got {time_scale}")

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lfm_policy.config import Config, check
-from lfm_policy.nets.time_features import TIME_EMBEDDINGS, conditioning_vector, make_time_embedding
+from lfm_policy.nets.time_features import check_time_fields, conditioning_vector, make_time_embedding
 
 
 @dataclasses.dataclass
@@ -56,12 +56,7 @@ class Unet1DConfig(Config):
         check(self.n_groups >= 1, "n_groups", f"must be ≥ 1, got {self.n_groups}")
         check(all(d % self.n_groups == 0 for d in self.down_dims), "n_groups",
               f"{self.n_groups} must divide every entry of down_dims {self.down_dims}")
-        check(self.time_embedding in TIME_EMBEDDINGS, "time_embedding",
-              f"must be one of {TIME_EMBEDDINGS}, got {self.time_embedding!r}")
-        check(self.time_dim >= 2 and self.time_dim % 2 == 0, "time_dim",
-              f"must be even ≥ 2, got {self.time_dim}")
-        check(self.time_scale is None or self.time_scale > 0, "time_scale",
-              f"must be > 0, got {self.time_scale}")
+        check_time_fields(self.time_embedding, self.time_dim, self.time_scale)
 
     def build(self, event_shape: tuple[int, int], cond_dim: int = 0) -> ConditionalUnet1D:
         """Build the network for chunks of shape ``event_shape = (H, Da)`` and condition size Dc."""
