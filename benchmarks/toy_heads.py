@@ -4,7 +4,9 @@ Collects expert demos of ``toy/point-obstacle`` (the expert passes the obstacle 
 trains each head with the same trunk, data, seed and step budget, then rolls each policy out on the
 same evaluation seeds (from 100000) with step-wise control (ActionQueue: To = 2, Ta = 8).
 
-    python benchmarks/toy_heads.py --out outputs/toy_heads            # ~15 min on 2 CPU cores
+    python benchmarks/toy_heads.py --out outputs/toy_heads --demos 300 --steps 6000   # ~10 min on 2 CPU cores
+
+Flow heads (lfm, fm) are evaluated at several sampling budgets (--flow-steps midpoint steps per block).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from lfm_policy import ActionQueue, Policy
 from lfm_policy.cli import main as cli_main
+from lfm_policy.flow import SolverConfig
 from lfm_policy.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +71,9 @@ def main() -> None:
     p.add_argument("--heads", nargs="+", default=["lfm", "fm", "diffusion", "regression"])
     p.add_argument("--overrides", nargs="*", default=[], help="extra key=value for every run")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--flow-steps", type=int, nargs="+", default=[1, 4],
+                   help="midpoint steps per block at which flow heads (lfm, fm) are evaluated")
+    p.add_argument("--eval-only", action="store_true", help="reuse the checkpoints in --out")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -82,15 +88,18 @@ def main() -> None:
             [f"data.path={data}", f"out_dir={out / kind}", f"policy.head.kind={kind}", f"total_steps={args.steps}",
              "val_every=100000", "checkpoint_every=100000", *args.overrides])
         t0 = time.perf_counter()
-        ckpt = train(cfg, progress=False)
-        train_s = time.perf_counter() - t0
+        ckpt = out / kind / "checkpoints" / "latest" if args.eval_only else train(cfg, progress=False)
+        train_s = float("nan") if args.eval_only else time.perf_counter() - t0
         policy = Policy.load(ckpt)
-        res = rollout(policy, "toy/point-obstacle", range(100000, 100000 + args.eval_episodes))
-        row = {"head": kind, "nfe": policy.nfe(), "train_s": train_s,
-               "params": sum(p.numel() for n, p in policy.named_parameters() if "ema" not in n), **res}
-        rows.append(row)
-        print(f"{kind:<11} NFE={row['nfe']:<4} success={row['success']:.2f} modes={row['modes']} "
-              f"chunk={row['chunk_ms_p50']:.2f} ms train={train_s:.0f}s", flush=True)
+        solvers = [SolverConfig(method="midpoint", steps=k) for k in args.flow_steps] if kind in ("lfm", "fm") \
+            else [None]
+        for solver in solvers:
+            res = rollout(policy, "toy/point-obstacle", range(100000, 100000 + args.eval_episodes), solver)
+            row = {"head": kind, "nfe": policy.nfe(solver), "train_s": train_s,
+                   "params": sum(p.numel() for n, p in policy.named_parameters() if "ema" not in n), **res}
+            rows.append(row)
+            print(f"{kind:<11} NFE={row['nfe']:<4} success={row['success']:.2f} modes={row['modes']} "
+                  f"chunk={row['chunk_ms_p50']:.2f} ms train={train_s:.0f}s", flush=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     print("\n| head | NFE | params | success | left | right | chunk ms (p50, CPU) | train s |")
     print("|---|---|---|---|---|---|---|---|")
