@@ -79,6 +79,10 @@ class TrainConfig(Config):
         val_every / val_batches: Validation cadence and size (loss, action error, NLL of flow heads).
         checkpoint_every: Steps between ``latest`` checkpoints.
         keep_best: Best checkpoints (by validation action error in the last stage) to keep.
+        rollout_every: Roll the policy out on ``rollout_task`` every this many steps once the head can
+            sample (an LFM head: after its last block), and always at the end; 0 disables rollouts.
+        rollout_task: Registered task for those rollouts (``lfm_policy.eval.Evaluator``; seeds from 100000).
+        rollout_episodes: Episodes per rollout evaluation.
 
     """
 
@@ -98,6 +102,9 @@ class TrainConfig(Config):
     val_batches: int = 4
     checkpoint_every: int = 1000
     keep_best: int = 2
+    rollout_every: int = 0
+    rollout_task: str = ""
+    rollout_episodes: int = 10
 
     def __post_init__(self) -> None:
         check(self.total_steps >= 1, "total_steps", "must be ≥ 1")
@@ -108,6 +115,9 @@ class TrainConfig(Config):
         for name in ("log_every", "val_every", "checkpoint_every"):
             check(getattr(self, name) >= 1, name, "must be ≥ 1")
         check(self.keep_best >= 0, "keep_best", "must be ≥ 0")
+        check(self.rollout_every >= 0 and self.rollout_episodes >= 1, "rollout_every/rollout_episodes",
+              "rollout_every must be ≥ 0 and rollout_episodes ≥ 1")
+        check(not self.rollout_every or bool(self.rollout_task), "rollout_task", "needed when rollout_every > 0")
 
     def steps_for(self, n_stages: int) -> list[int]:
         """Steps of each stage."""
@@ -264,6 +274,11 @@ class Trainer:
                 policy.train()
             if step % cfg.checkpoint_every == 0 or last:
                 self._save_latest(opt, sched)
+            final = last and stage == policy.head.n_stages - 1
+            if cfg.rollout_every and policy.head.ready and (self.progress["global_step"] % cfg.rollout_every == 0
+                                                            or final):
+                self._rollout(stage)
+                policy.train()
         if bar is not None:
             bar.close()
 
@@ -310,6 +325,19 @@ class Trainer:
         self._log(rec)
         if final_stage and errors:
             self._maybe_keep_best(rec["val_action_mse"])
+
+    def _rollout(self, stage: int) -> None:
+        """Success rate on ``rollout_task`` (envs kept alive between calls), logged to metrics.jsonl."""
+        if self.rank != 0:
+            return
+        from lfm_policy.eval.rollout import EvalConfig, Evaluator
+
+        if not hasattr(self, "_evaluator"):
+            self._evaluator = Evaluator(EvalConfig(task=self.config.rollout_task))
+        summary = self._evaluator.run(self.policy, self.config.rollout_episodes).summary()
+        self._log({"step": self.progress["global_step"], "stage": stage,
+                   "rollout_success_rate": summary["success_rate"], "rollout_success_ci95": summary["success_ci95"],
+                   "rollout_mean_length": summary["mean_length"], "rollout_episodes": summary["n_episodes"]})
 
     # ----------------------------------------------------------------------------- checkpoints
     def _save_latest(self, opt: torch.optim.Optimizer, sched: Any) -> None:
@@ -387,6 +415,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     finally:
         if hasattr(trainer, "_tb"):
             trainer._tb.close()
+        if hasattr(trainer, "_evaluator"):
+            trainer._evaluator.close()
         if trainer.dist and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
