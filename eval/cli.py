@@ -1,0 +1,145 @@
+"""``lfm-policy eval`` and ``lfm-policy compare`` (registered by ``lfm_policy.cli``).
+
+Heavy imports (torch, gymnasium, simulators, matplotlib) happen inside the command functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``eval`` and ``compare`` to the top-level parser."""
+    p = subparsers.add_parser(
+        "eval", help="roll a checkpoint out on a task; write results.json, report.md and videos",
+        description="Evaluate CHECKPOINT on TASK: episode i is reset with seed SEED_START+i (the same seeds for "
+        "every checkpoint, so runs are paired). Writes OUT/results.json, OUT/report.md and OUT/videos/*.mp4. "
+        "Ctrl-C writes the episodes finished so far.")
+    p.add_argument("checkpoint", help="checkpoint directory (model.safetensors + policy.json)")
+    p.add_argument("--task", required=True, help="task name, e.g. toy/point-obstacle (see `lfm-policy tasks`)")
+    p.add_argument("--episodes", type=int, default=50, help="episodes (default 50)")
+    p.add_argument("--seed-start", type=int, default=100000, help="seed of episode 0 (default 100000)")
+    p.add_argument("--n-envs", type=int, default=1, help="parallel envs; >1 runs worker processes (default 1)")
+    p.add_argument("--videos", type=int, default=0, help="record the first K episodes as mp4 (default 0)")
+    p.add_argument("--nfe", type=int, nargs="+", default=None, metavar="STEPS",
+                   help="solver steps per flow block (NFE = blocks × steps × evaluations per step); several "
+                        "values run one evaluation each into OUT/steps-<k>/ (flow heads only)")
+    p.add_argument("--solver", choices=("euler", "midpoint", "heun", "rk4"), default=None,
+                   help="fixed-step solver of the flow blocks (default: the checkpoint's)")
+    p.add_argument("--images", action="store_true", help="make the env with camera observations")
+    p.add_argument("--env-arg", dest="env_args", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra env option (VALUE parsed as JSON if it can be); repeatable")
+    p.add_argument("--import", dest="plugins", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (it may register custom tasks); repeatable")
+    p.add_argument("--device", default="cpu", help="inference device (default cpu)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads in this process (default 1: small policies are fastest that way)")
+    p.add_argument("--context", choices=("forkserver", "spawn"), default="forkserver",
+                   help="start method of the env workers")
+    p.add_argument("--no-batch-inference", action="store_true",
+                   help="one policy call per env: episodes bit-identical for any --n-envs (slower)")
+    p.add_argument("--out", required=True, help="results directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_eval)
+
+    c = subparsers.add_parser("compare", help="side-by-side table and plot of several eval results")
+    c.add_argument("results", nargs="+", help="results directories (or results.json files)")
+    c.add_argument("--plot", default=None, help="PNG path (default: compare.png next to the first result)")
+    c.add_argument("--names", nargs="*", default=None, help="row labels (default: directory names)")
+    c.set_defaults(func=_compare)
+
+
+def _solver_runs(policy: Any, nfe: list[int] | None, method: str | None) -> list[tuple[str | None, Any]]:
+    """(subdirectory, solver) per evaluation; solver None means the checkpoint's own."""
+    from lfm_policy.errors import LfmPolicyError
+    from lfm_policy.flow.solvers import SolverConfig
+
+    if nfe is None and method is None:
+        return [(None, None)]
+    chain = getattr(policy.head, "chain", None)
+    if chain is None:
+        raise LfmPolicyError(f"--nfe/--solver apply to flow heads (lfm, fm); this checkpoint's head is "
+                             f"{policy.config.head.kind!r}")
+    default = chain.config.sample_solver
+    method = method or default.method
+    steps = nfe or [default.steps]
+    runs = [(f"steps-{s}" if len(steps) > 1 else None, SolverConfig(method=method, steps=int(s))) for s in steps]
+    return runs
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from lfm_policy import Policy
+    from lfm_policy.envs.cli import _parse_env_args
+    from lfm_policy.eval.report import build_record, write_results
+    from lfm_policy.eval.rollout import EvalConfig, Evaluator
+
+    torch.set_num_threads(max(1, args.threads))
+    policy = Policy.load(args.checkpoint, map_location=args.device)
+    runs = _solver_runs(policy, args.nfe, args.solver)
+    out = Path(args.out)
+    config = EvalConfig(task=args.task, n_envs=args.n_envs, images=args.images,
+                        env_kwargs=_parse_env_args(args.env_args), plugins=tuple(args.plugins), context=args.context,
+                        batch_inference=not args.no_batch_inference)
+    interrupted = False
+    with Evaluator(config) as evaluator:
+        for sub, solver in runs:
+            run_out = out / sub if sub else out
+            bar = None
+            if not args.no_progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=args.episodes, desc=f"eval {sub or args.task}", unit="ep", dynamic_ncols=True)
+
+            def on_episode(ep: Any, bar: Any = bar) -> None:
+                if bar is not None:
+                    bar.update(1)
+
+            results = evaluator.run(policy, args.episodes, args.seed_start, solver=solver, videos=args.videos,
+                                    video_dir=run_out / "videos" if args.videos else None, on_episode=on_episode)
+            if bar is not None:
+                bar.close()
+            record = build_record(results, task=args.task, checkpoint=args.checkpoint, seed_start=args.seed_start,
+                                  n_envs=args.n_envs, nfe=policy.nfe(solver),
+                                  solver=solver.to_dict() if solver is not None else None,
+                                  extra={"head": policy.config.head.kind,
+                                         "batch_inference": not args.no_batch_inference})
+            path = write_results(run_out, record)
+            s = record["summary"]
+            lo, hi = s["success_ci95"]
+            print(f"{sub or args.task}: success {s['n_success']}/{s['n_episodes']} = {s['success_rate']:.3f} "
+                  f"(95% CI {lo:.3f}–{hi:.3f}), NFE {record['nfe']}, chunk p50 "
+                  f"{s['chunk_latency_ms']['p50'] or float('nan'):.2f} ms, errors {s['n_errors']} -> {path}")
+            if args.videos and results.episodes and not any(e.video for e in results.episodes[: args.videos]):
+                print(f"warning: no video frames: {args.task} cannot render without camera observations "
+                      "(try --images)", file=sys.stderr)
+            if results.interrupted:
+                interrupted = True
+                break
+    if interrupted:
+        print("interrupted: wrote the episodes finished so far", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from lfm_policy.errors import LfmPolicyError
+    from lfm_policy.eval.report import compare_plot, compare_table, load_results
+
+    records = [load_results(r) for r in args.results]
+    names = args.names or [Path(r).name if Path(r).is_dir() else Path(r).parent.name for r in args.results]
+    if len(names) != len(records):
+        raise LfmPolicyError(f"--names has {len(names)} labels for {len(records)} results")
+    print(compare_table(records, names))
+    first = Path(args.results[0])
+    plot = Path(args.plot) if args.plot else (first if first.is_dir() else first.parent) / "compare.png"
+    compare_plot(records, names, plot)
+    print(f"plot: {plot}")
+    if any(r["summary"]["interrupted"] for r in records):
+        print(json.dumps({"warning": "some runs were interrupted"}), file=sys.stderr)
+    return 0
