@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,18 @@ WEIGHTS = "model.safetensors"
 META = "policy.json"
 
 
-def save_policy(policy: Policy, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``path/`` (a directory) atomically; an existing checkpoint there is replaced."""
+def save_policy(policy: Policy, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None,
+                write_extra: Callable[[Path], None] | None = None) -> Path:
+    """Write ``path/`` (a directory) atomically; an existing checkpoint there is replaced.
+
+    Args:
+        policy: The policy to save.
+        path: Checkpoint directory.
+        metadata: Free JSON metadata stored in ``policy.json``.
+        write_extra: Called with the staging directory to add more files (e.g. the trainer's resume
+            state) before the directory is published, so they appear atomically with the weights.
+
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -34,6 +45,8 @@ def save_policy(policy: Policy, path: str | os.PathLike, *, metadata: dict[str, 
     meta = {"format_version": FORMAT_VERSION, "config": policy.config.to_dict(), "spec": policy.spec.to_dict(),
             "metadata": metadata or {}}
     (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    if write_extra is not None:
+        write_extra(tmp)
     old = path.with_name(path.name + ".old")
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)

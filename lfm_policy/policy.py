@@ -195,11 +195,11 @@ class Policy(nn.Module):
         return self.head.nfe(solver)
 
     # ------------------------------------------------------------------------------ checkpoints
-    def save(self, path, *, metadata: dict | None = None):
-        """Write a pickle-free checkpoint directory (see :mod:`lfm_policy.checkpoint`)."""
+    def save(self, path, *, metadata: dict | None = None, write_extra=None):
+        """Write a pickle-free checkpoint directory (see :func:`lfm_policy.checkpoint.save_policy`)."""
         from lfm_policy.checkpoint import save_policy
 
-        return save_policy(self, path, metadata=metadata)
+        return save_policy(self, path, metadata=metadata, write_extra=write_extra)
 
     @classmethod
     def load(cls, path, *, map_location: str = "cpu", expect_obs_shapes: dict | None = None) -> Policy:

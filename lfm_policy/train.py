@@ -153,7 +153,6 @@ class Trainer:
             backend = "nccl" if torch.cuda.is_available() and config.device != "cpu" else "gloo"
             torch.distributed.init_process_group(backend)
         self.rank = torch.distributed.get_rank() if self.dist else 0
-        self.world = torch.distributed.get_world_size() if self.dist else 1
         self.device = _device(config.device)
         if self.device.type == "cuda" and self.dist:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -345,18 +344,9 @@ class Trainer:
             return
         from lfm_policy.train_state import save_train_state
 
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        final = self.ckpt_dir / "latest"
-        staging = self.ckpt_dir / "latest.staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        self.policy.save(staging, metadata={"progress": self.progress})
-        save_train_state(staging, optimizer=opt, scheduler=sched, progress=self.progress)
-        old = self.ckpt_dir / "latest.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
+        self.policy.save(self.ckpt_dir / "latest", metadata={"progress": self.progress},
+                         write_extra=lambda d: save_train_state(d, optimizer=opt, scheduler=sched,
+                                                                progress=self.progress))
 
     def _maybe_keep_best(self, metric: float) -> None:
         if self.rank != 0 or self.config.keep_best == 0:
