@@ -2,7 +2,7 @@
 
 Collects expert demos of ``toy/point-obstacle`` (the expert passes the obstacle left or right, 50/50),
 trains each head with the same trunk, data, seed and step budget, then rolls each policy out on the
-same evaluation seeds (from 100000) with step-wise control (ActionQueue: To = 2, Ta = 8).
+same evaluation seeds (from 100000) with lfm_policy.eval's Evaluator (To = 2, Ta = 8).
 
     python benchmarks/toy_heads.py --out outputs/toy_heads --demos 300 --steps 6000   # ~10 min on 2 CPU cores
 
@@ -16,50 +16,23 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from lfm_policy import ActionQueue, Policy
+from lfm_policy import Policy
 from lfm_policy.cli import main as cli_main
+from lfm_policy.eval.rollout import EvalConfig, Evaluator
 from lfm_policy.flow import SolverConfig
 from lfm_policy.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def rollout(policy: Policy, task: str, seeds, nfe_solver=None) -> dict:
-    from lfm_policy.envs.registry import make_env
-
-    env = make_env(task)
-    keys = list(policy.spec.obs_shapes)
-    results, latencies = [], []
-    try:
-        for seed in seeds:
-            obs, info = env.reset(seed=int(seed))
-            queue = ActionQueue(policy, solver=nfe_solver, generator=torch.Generator().manual_seed(int(seed)))
-            success, mode = False, None
-            for _ in range(env.spec.max_episode_steps if env.spec else 100):
-                frame = {k: torch.as_tensor(obs[k])[None] for k in keys}
-                t0 = time.perf_counter()
-                action = queue.select_action(frame)[0].numpy()
-                latencies.append(time.perf_counter() - t0)
-                obs, _, terminated, truncated, info = env.step(action)
-                mode = info.get("mode", mode)
-                if info.get("is_success"):
-                    success = True
-                    break
-                if terminated or truncated:
-                    break
-            results.append({"seed": int(seed), "success": success, "mode": mode})
-    finally:
-        env.close()
-    # chunk latency: the slow calls are the ones that predicted a chunk (every Ta steps)
-    lat = np.sort(np.array(latencies))[-len(latencies) // policy.config.n_action_steps:]
-    succ = [r for r in results if r["success"]]
-    modes = [r["mode"] for r in succ]
-    return {"success": len(succ) / len(results),
-            "modes": {m: modes.count(m) / max(1, len(results)) for m in sorted({str(m) for m in modes})},
-            "chunk_ms_p50": float(np.median(lat) * 1e3), "episodes": results}
+def rollout(evaluator, policy: Policy, episodes: int, solver=None) -> dict:
+    """Success, successes per mode and chunk latency on seeds 100000.. (lfm_policy.eval's Evaluator)."""
+    summary = evaluator.run(policy, episodes, seed_start=100000, solver=solver).summary()
+    return {"success": summary["success_rate"],
+            "modes": {m: c / summary["n_episodes"] for m, c in summary["success_modes"].items()},
+            "chunk_ms_p50": summary["chunk_latency_ms"]["p50"]}
 
 
 def main() -> None:
@@ -83,6 +56,7 @@ def main() -> None:
         cli_main(["collect", "--task", "toy/point-obstacle", "--episodes", str(args.demos), "--out", str(data),
                   "--seed", "0"])
     rows = []
+    evaluator = Evaluator(EvalConfig(task="toy/point-obstacle", n_envs=1))
     for kind in args.heads:
         cfg = TrainConfig.from_json(ROOT / "configs" / "toy_lowdim.json").with_overrides(
             [f"data.path={data}", f"out_dir={out / kind}", f"policy.head.kind={kind}", f"total_steps={args.steps}",
@@ -94,12 +68,13 @@ def main() -> None:
         solvers = [SolverConfig(method="midpoint", steps=k) for k in args.flow_steps] if kind in ("lfm", "fm") \
             else [None]
         for solver in solvers:
-            res = rollout(policy, "toy/point-obstacle", range(100000, 100000 + args.eval_episodes), solver)
+            res = rollout(evaluator, policy, args.eval_episodes, solver)
             row = {"head": kind, "nfe": policy.nfe(solver), "train_s": train_s,
                    "params": sum(p.numel() for n, p in policy.named_parameters() if "ema" not in n), **res}
             rows.append(row)
             print(f"{kind:<11} NFE={row['nfe']:<4} success={row['success']:.2f} modes={row['modes']} "
                   f"chunk={row['chunk_ms_p50']:.2f} ms train={train_s:.0f}s", flush=True)
+    evaluator.close()
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     print("\n| head | NFE | params | success | left | right | chunk ms (p50, CPU) | train s |")
     print("|---|---|---|---|---|---|---|---|")
