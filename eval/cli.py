@@ -26,10 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-envs", type=int, default=1, help="parallel envs; >1 runs worker processes (default 1)")
     p.add_argument("--videos", type=int, default=0, help="record the first K episodes as mp4 (default 0)")
     p.add_argument("--nfe", type=int, nargs="+", default=None, metavar="STEPS",
-                   help="solver steps per flow block (NFE = blocks × steps × evaluations per step); several "
-                        "values run one evaluation each into OUT/steps-<k>/ (flow heads only)")
-    p.add_argument("--solver", choices=("euler", "midpoint", "heun", "rk4"), default=None,
-                   help="fixed-step solver of the flow blocks (default: the checkpoint's)")
+                   help="solver steps per flow block (NFE = blocks × steps × evaluations per step), or DDIM "
+                        "steps of a diffusion head; several values run one evaluation each into OUT/steps-<k>/")
+    p.add_argument("--solver", choices=("euler", "midpoint", "heun", "rk4", "ddim", "ddpm"), default=None,
+                   help="fixed-step solver of the flow blocks, or ddim/ddpm for a diffusion head "
+                        "(default: the checkpoint's)")
     p.add_argument("--images", action="store_true", help="make the env with camera observations")
     p.add_argument("--env-arg", dest="env_args", action="append", default=[], metavar="KEY=VALUE",
                    help="extra env option (VALUE parsed as JSON if it can be); repeatable")
@@ -57,13 +58,27 @@ def _solver_runs(policy: Any, nfe: list[int] | None, method: str | None) -> list
     """(subdirectory, solver) per evaluation; solver None means the checkpoint's own."""
     from lfm_policy.errors import LfmPolicyError
     from lfm_policy.flow.solvers import SolverConfig
+    from lfm_policy.heads import DiffusionSampler
 
     if nfe is None and method is None:
         return [(None, None)]
+    kind = policy.config.head.kind
+    diffusion = {"ddim", "ddpm"}
+    if kind == "diffusion":
+        d = policy.config.head.diffusion
+        method = method or d.sampler
+        if method not in diffusion:
+            raise LfmPolicyError(f"--solver {method}: a diffusion head samples with ddim or ddpm")
+        if method == "ddpm":
+            if nfe is not None:
+                raise LfmPolicyError("--nfe: DDPM samples with all num_train_timesteps steps; use --solver ddim")
+            return [(None, DiffusionSampler("ddpm"))]
+        steps = nfe or [d.inference_steps or d.num_train_timesteps]
+        return [(f"steps-{s}" if len(steps) > 1 else None, DiffusionSampler("ddim", int(s))) for s in steps]
     chain = getattr(policy.head, "chain", None)
-    if chain is None:
-        raise LfmPolicyError(f"--nfe/--solver apply to flow heads (lfm, fm); this checkpoint's head is "
-                             f"{policy.config.head.kind!r}")
+    if chain is None or method in diffusion:
+        raise LfmPolicyError(f"--nfe/--solver {method or ''} do not apply to this checkpoint's head ({kind!r}): "
+                             "euler/midpoint/heun/rk4 for lfm and fm, ddim/ddpm for diffusion")
     default = chain.config.sample_solver
     method = method or default.method
     steps = nfe or [default.steps]

@@ -101,6 +101,27 @@ class DiffusionConfig(Config):
 
 
 @dataclass
+class DiffusionSampler(Config):
+    """A per-call sampler of the ``diffusion`` head (pass it as ``solver=``, like a flow's SolverConfig).
+
+    Attributes:
+        sampler: ``ddpm`` (all ``num_train_timesteps`` steps, stochastic) or ``ddim`` (deterministic).
+        steps: DDIM steps (``ddim`` only; None means the head's ``inference_steps``).
+
+    """
+
+    sampler: str = "ddim"
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        check(self.sampler in ("ddpm", "ddim"), "sampler", f"ddpm or ddim, got {self.sampler!r}")
+        check(self.steps is None or (isinstance(self.steps, int) and self.steps >= 1), "steps",
+              f"must be an int ≥ 1 or None, got {self.steps!r}")
+        check(self.sampler == "ddim" or self.steps is None, "steps",
+              "DDPM samples with all num_train_timesteps steps; set steps only for ddim")
+
+
+@dataclass
 class HeadConfig(Config):
     """One interface for every action head; ``kind`` picks it.
 

@@ -16,7 +16,7 @@ from torch import nn
 from lfm_policy.ema import ema_update
 from lfm_policy.flow.block import weighted_mean
 from lfm_policy.flow.chain import LocalFlowChain, Solvers
-from lfm_policy.heads.config import HeadConfig
+from lfm_policy.heads.config import DiffusionSampler, HeadConfig
 
 
 class ActionHead(nn.Module):
@@ -150,14 +150,23 @@ class DiffusionHead(_SingleNetHead):
         kwargs = dict(num_train_timesteps=d.num_train_timesteps, beta_schedule=d.beta_schedule,
                       clip_sample=d.clip_sample, prediction_type=d.prediction_type)
         self.train_scheduler = DDPMScheduler(**kwargs)
-        self.scheduler = DDIMScheduler(**kwargs, set_alpha_to_one=True, steps_offset=0) \
-            if d.sampler == "ddim" else DDPMScheduler(**kwargs)
+        self.schedulers = {"ddpm": DDPMScheduler(**kwargs),
+                           "ddim": DDIMScheduler(**kwargs, set_alpha_to_one=True, steps_offset=0)}
 
-    def _steps(self, solver) -> int:
+    def _sampler(self, solver) -> tuple[str, int]:
+        """(sampler, steps) of a call: ``solver`` (a :class:`DiffusionSampler`) or the config's."""
         d = self.config.diffusion
-        if d.sampler == "ddpm":
-            return d.num_train_timesteps
-        return d.inference_steps or d.num_train_timesteps
+        if solver is None:
+            solver = DiffusionSampler(sampler=d.sampler, steps=d.inference_steps if d.sampler == "ddim" else None)
+        if not isinstance(solver, DiffusionSampler):
+            raise TypeError(f"the diffusion head samples with a DiffusionSampler (sampler='ddpm'|'ddim', steps), "
+                            f"got {type(solver).__name__}")
+        if solver.sampler == "ddpm":
+            return "ddpm", d.num_train_timesteps
+        steps = solver.steps or d.inference_steps or d.num_train_timesteps
+        if steps > d.num_train_timesteps:
+            raise ValueError(f"DDIM steps must be ≤ num_train_timesteps ({d.num_train_timesteps}), got {steps}")
+        return "ddim", steps
 
     def loss(self, action, cond, *, stage=0, weight=None, generator=None):
         """Noise-prediction (or sample-prediction) MSE at a random diffusion step."""
@@ -172,18 +181,24 @@ class DiffusionHead(_SingleNetHead):
 
     @torch.no_grad()
     def sample(self, cond, *, noise=None, generator=None, solver=None):
-        """Run the sampler from noise (DDPM draws fresh noise each step from ``generator``)."""
+        """Run the sampler from noise (DDPM draws fresh noise each step from ``generator``).
+
+        ``solver``: a :class:`DiffusionSampler` (e.g. ``DiffusionSampler("ddpm")`` for DDPM-100 from a
+        head configured for DDIM-10); None uses ``config.diffusion``.
+        """
         x = self._noise(cond, noise, generator)
-        self.scheduler.set_timesteps(self._steps(solver), device=cond.device)
+        name, steps = self._sampler(solver)
+        scheduler = self.schedulers[name]
+        scheduler.set_timesteps(steps, device=cond.device)
         t_scale = self.config.diffusion.num_train_timesteps
-        for t in self.scheduler.timesteps:
+        for t in scheduler.timesteps:
             out = self.ema_net(x, t.float().expand(x.shape[0]) / t_scale, cond)
-            x = self.scheduler.step(out, t, x, generator=generator).prev_sample
+            x = scheduler.step(out, t, x, generator=generator).prev_sample
         return x
 
     def nfe(self, solver=None):
         """Sampler steps."""
-        return self._steps(solver)
+        return self._sampler(solver)[1]
 
 
 class RegressionHead(_SingleNetHead):

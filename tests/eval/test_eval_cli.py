@@ -99,3 +99,22 @@ def test_trainer_logs_rollout_success(toy_zarr_eval, tmp_path):
     assert rollouts[0]["rollout_episodes"] == 3 and 0 <= rollouts[0]["rollout_success_rate"] <= 1
     with pytest.raises(Exception, match="rollout_task"):
         tiny_train_config(toy_zarr_eval, out, rollout_every=5)
+
+
+def test_eval_cli_diffusion_samplers(toy_zarr_eval, tmp_path, tiny_checkpoint, capsys):
+    """One DDIM-trained diffusion checkpoint evaluated with DDPM-100 and with a DDIM-k sweep."""
+    ckpt = train(tiny_train_config(toy_zarr_eval, tmp_path / "run", **{"policy.head.kind": "diffusion"}),
+                 progress=False)
+    base = ["eval", str(ckpt), "--task", "toy/point-obstacle", "--episodes", "1", "--no-progress"]
+    assert cli_main([*base, "--solver", "ddpm", "--out", str(tmp_path / "ddpm")]) == 0
+    rec = json.loads((tmp_path / "ddpm" / "results.json").read_text())
+    assert rec["nfe"] == 100 and rec["solver"] == {"sampler": "ddpm", "steps": None}
+    assert cli_main([*base, "--nfe", "2", "5", "--out", str(tmp_path / "ddim")]) == 0
+    assert [json.loads((tmp_path / "ddim" / f"steps-{k}" / "results.json").read_text())["nfe"]
+            for k in (2, 5)] == [2, 5]
+    capsys.readouterr()
+    assert cli_main([*base, "--solver", "euler", "--out", str(tmp_path / "x")]) == 1
+    assert "ddim or ddpm" in capsys.readouterr().err
+    assert cli_main(["eval", str(tiny_checkpoint), "--task", "toy/point-obstacle", "--solver", "ddpm",
+                     "--out", str(tmp_path / "y")]) == 1
+    assert "ddim/ddpm for diffusion" in capsys.readouterr().err

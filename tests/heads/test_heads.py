@@ -4,7 +4,7 @@ import torch
 from lfm_policy.config import ConfigError
 from lfm_policy.ema import EMAConfig
 from lfm_policy.flow import ChainConfig, SolverConfig
-from lfm_policy.heads import DiffusionConfig, HeadConfig, MLPConfig, NetConfig, build_head
+from lfm_policy.heads import DiffusionConfig, DiffusionSampler, HeadConfig, MLPConfig, NetConfig, build_head
 from lfm_policy.nets.transformer import TransformerConfig
 from lfm_policy.nets.unet1d import Unet1DConfig
 
@@ -50,6 +50,31 @@ def test_nfe_of_each_head():
     ddpm = HeadConfig(kind="diffusion", net=TINY, diffusion=DiffusionConfig(sampler="ddpm", inference_steps=None))
     assert build_head(ddpm, (8, 2), 4).nfe() == 100
     assert build_head(HeadConfig(kind="regression", net=TINY), (8, 2), 4).nfe() == 1
+
+
+def test_diffusion_sampler_per_call():
+    """One DDIM-10 head samples DDPM-100 or DDIM-k per call, as a head configured for them would."""
+    torch.manual_seed(0)
+    head = build_head(HeadConfig(kind="diffusion", net=TINY), (8, 2), 4)
+    cond, noise = torch.randn(3, 4), torch.randn(3, 8, 2)
+    assert head.nfe(DiffusionSampler("ddpm")) == 100 and head.nfe(DiffusionSampler("ddim", 25)) == 25
+    assert head.nfe() == 10
+    torch.testing.assert_close(head.sample(cond, noise=noise, solver=DiffusionSampler("ddim", 10)),
+                               head.sample(cond, noise=noise))
+    ddim5 = head.sample(cond, noise=noise, solver=DiffusionSampler("ddim", 5))
+    assert not torch.allclose(ddim5, head.sample(cond, noise=noise))
+    ddpm_cfg = HeadConfig(kind="diffusion", net=TINY, diffusion=DiffusionConfig(sampler="ddpm", inference_steps=None))
+    ddpm_head = build_head(ddpm_cfg, (8, 2), 4)
+    ddpm_head.load_state_dict(head.state_dict())
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    torch.testing.assert_close(head.sample(cond, noise=noise, generator=g1, solver=DiffusionSampler("ddpm")),
+                               ddpm_head.sample(cond, noise=noise, generator=g2))
+    with pytest.raises(TypeError, match="DiffusionSampler"):
+        head.sample(cond, solver=SolverConfig(method="euler", steps=1))
+    with pytest.raises(ConfigError, match="steps"):
+        DiffusionSampler("ddpm", steps=10)
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        head.nfe(DiffusionSampler("ddim", 500))
 
 
 @pytest.mark.parametrize("family", ["unet", "transformer", "mlp"])
