@@ -203,8 +203,9 @@ def collect(
     out = Path(out)
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise FileExistsError(f"{out} exists (pass overwrite / --overwrite to replace it)")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"output folder {out.parent} does not exist")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise LfmPolicyError(f"output folder {out.parent} is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)  # as `mkdir -p`: `--out data/new/task.zarr` just works
     start = time.perf_counter()
     tally = _Tally()
     recipe = cfg.recipe(record_states=fmt == "robomimic")

@@ -94,6 +94,16 @@ def test_existing_output_and_overwrite(tmp_path, capsys):
     assert ReplayBuffer.open(out).attrs["seeds"] == [7, 8]
 
 
+def test_missing_output_folders_are_created(tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "x.zarr"
+    assert main(["collect", "--task", "toy/point-obstacle", "--episodes", "1", "--out", str(out), "--no-progress"]) == 0
+    assert ReplayBuffer.open(out).n_episodes == 1
+    (tmp_path / "file").write_text("")
+    bad = tmp_path / "file" / "x.zarr"
+    assert main(["collect", "--task", "toy/point-obstacle", "--episodes", "1", "--out", str(bad), "--no-progress"]) == 1
+    assert "not a directory" in capsys.readouterr().err
+
+
 def test_unknown_task_is_a_one_line_error(tmp_path, capsys):
     out = tmp_path / "x.zarr"
     assert main(["collect", "--task", "toy/point", "--episodes", "2", "--out", str(out)]) == 1
