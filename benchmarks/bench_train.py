@@ -60,9 +60,9 @@ def measure(config_name: str, kind: str, batch: int, steps: int, device: str, th
 
     for label, stage in (("first", 0), ("last", n - 1)):
         for s in range(stage + 1):  # make earlier blocks "trained" so the last stage pushes through them
-            policy.head.begin_stage(s)
+            policy.begin_stage(s)
             if s < stage:
-                policy.head.end_stage(s)
+                policy.end_stage(s)
         params = policy.stage_parameters(stage)
         opt = torch.optim.AdamW(params, lr=1e-4)
         autocast = device.startswith("cuda")
@@ -75,13 +75,13 @@ def measure(config_name: str, kind: str, batch: int, steps: int, device: str, th
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            policy.head.after_step(stage)
+            policy.after_step(stage)
         sync()
         out[f"steps_per_s_{label}_stage"] = steps / (time.perf_counter() - t0)
         if n == 1:
             out["steps_per_s_last_stage"] = out["steps_per_s_first_stage"]
             break
-    policy.head.end_stage(n - 1)
+    policy.end_stage(n - 1)
     policy.eval()
     obs1 = make_obs(1)
     lat = []

@@ -4,10 +4,16 @@ Batch dict (DESIGN.md): ``{"obs": {key: (B, To, ...)}, "action": (B, H, Da), "ac
 Images arrive as uint8 (B, To, H, W, C) and become float (B, To, C, H, W) in [0, 1] on the device;
 low-dim keys and actions are normalized to [−1, 1]. The observation embedding is computed once per
 call and shared by every block/step of the head.
+
+EMA covers the whole policy, as in Diffusion Policy: the head keeps EMA copies of its networks and the
+policy keeps one of a trainable encoder (``ema_encoder``, same schedule as ``head.ema``). Inference uses
+the EMA encoder; so do the conditions of the stages in which the encoder no longer trains (LFM blocks
+2..N with ``encoder_training=first_stage``), so later blocks learn on the conditions they will see.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +22,7 @@ import torch
 from torch import nn
 
 from lfm_policy.config import Config, check
+from lfm_policy.ema import ema_update
 from lfm_policy.errors import LfmPolicyError
 from lfm_policy.flow.chain import Solvers
 from lfm_policy.heads import HeadConfig, build_head
@@ -116,6 +123,11 @@ class Policy(nn.Module):
         self.normalizer = normalizer if normalizer is not None else LinearNormalizer()
         self.encoder = ObsEncoder(config.encoder, spec.encoder_shapes(), config.n_obs_steps)
         self.head = build_head(config.head, (config.horizon, spec.action_dim), self.encoder.output_dim)
+        # EMA copy of a trainable encoder (low-dim keys concatenated as they are have no weights).
+        self.ema_encoder: ObsEncoder | None = None
+        if any(True for _ in self.encoder.parameters()):
+            self.ema_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+            self.register_buffer("ema_encoder_step", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------------------ observations
     def _prepare_obs(self, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -146,21 +158,56 @@ class Policy(nn.Module):
         """Device of the policy's weights."""
         return next(self.head.parameters()).device
 
-    def encode(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Observation embedding (B, Dc), computed once per control step."""
-        return self.encoder(self._prepare_obs(obs), generator=generator)
+    def encode(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None, *,
+               ema: bool = True) -> torch.Tensor:
+        """Observation embedding (B, Dc), computed once per control step.
+
+        Args:
+            obs: ``{key: (B, To, ...)}``.
+            generator: Random crops in training mode.
+            ema: Use the EMA encoder (inference); False uses the trained weights.
+
+        """
+        encoder = self.ema_encoder if ema and self.ema_encoder is not None else self.encoder
+        return encoder(self._prepare_obs(obs), generator=generator)
 
     # --------------------------------------------------------------------------------- training
+    def encoder_trains(self, stage: int) -> bool:
+        """Whether the encoder is optimized in ``stage`` (``encoder_training``)."""
+        return stage == 0 or self.config.encoder_training == "every_stage"
+
     def compute_loss(self, batch: Mapping, *, stage: int = 0,
                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss of training stage ``stage`` on a batch dict; returns (loss, info)."""
+        """Loss of training stage ``stage`` on a batch dict; returns (loss, info).
+
+        The condition comes from the trained encoder where it trains in ``stage``, else from its EMA
+        copy (frozen, the one used at inference).
+        """
         action = torch.as_tensor(batch["action"])
         action = self.normalizer.normalize_key("action", action.to(self.device).float())
-        train_encoder = stage == 0 or self.config.encoder_training == "every_stage"
+        train_encoder = self.encoder_trains(stage)
         with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
-            cond = self.encode(batch["obs"], generator=generator)
+            cond = self.encode(batch["obs"], generator=generator, ema=not train_encoder)
         loss = self.head.loss(action, cond, stage=stage, generator=generator)
         return loss, {"loss": loss.item(), "stage": stage}
+
+    def begin_stage(self, stage: int) -> None:
+        """Before the first step of ``stage``: the head's hook; the encoder's EMA starts at stage 0."""
+        self.head.begin_stage(stage)
+        if stage == 0 and self.ema_encoder is not None:
+            self.ema_encoder.load_state_dict(self.encoder.state_dict())
+            self.ema_encoder_step.zero_()
+
+    def after_step(self, stage: int) -> None:
+        """After each optimizer step: EMA of the head, and of the encoder where it trains."""
+        self.head.after_step(stage)
+        if self.ema_encoder is not None and self.encoder_trains(stage):
+            self.ema_encoder_step += 1
+            ema_update(self.ema_encoder, self.encoder, self.config.head.ema.decay(int(self.ema_encoder_step)))
+
+    def end_stage(self, stage: int) -> None:
+        """When ``stage`` is finished (an LFM block is frozen)."""
+        self.head.end_stage(stage)
 
     def forward(self, batch: Mapping, stage: int = 0) -> torch.Tensor:
         """Training loss (what DDP wraps); see :meth:`compute_loss`."""
@@ -182,7 +229,12 @@ class Policy(nn.Module):
 
         Deterministic given ``noise`` (B, H, Da); no hidden state.
         """
-        cond = self.encode(obs)
+        return self.sample_chunk(self.encode(obs), noise=noise, generator=generator, solver=solver)
+
+    @torch.no_grad()
+    def sample_chunk(self, cond: torch.Tensor, *, noise: torch.Tensor | None = None,
+                     generator: torch.Generator | None = None, solver: Solvers | None = None) -> torch.Tensor:
+        """Unnormalized action chunk (B, H, Da) from an embedding ``cond`` (B, Dc) of :meth:`encode`."""
         chunk = self.head.sample(cond, noise=noise, generator=generator, solver=solver)
         return self.normalizer.unnormalize_key("action", chunk)
 

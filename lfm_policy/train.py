@@ -208,7 +208,7 @@ class Trainer:
         cfg, policy = self.config, self.policy
         steps = self.stage_steps[stage]
         if self.progress["stage"] != stage or not self.progress["stage_started"]:
-            policy.head.begin_stage(stage)
+            policy.begin_stage(stage)
             self.progress.update(stage=stage, stage_step=0, stage_started=True)
         params = policy.stage_parameters(stage)
         policy.requires_grad_(False)
@@ -249,7 +249,7 @@ class Trainer:
                 else torch.zeros(())
             opt.step()
             sched.step()
-            policy.head.after_step(stage)
+            policy.after_step(stage)
             self.progress["stage_step"] += 1
             self.progress["global_step"] += 1
             step = self.progress["stage_step"]
@@ -266,7 +266,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
             last = step == steps
             if last:
-                policy.head.end_stage(stage)
+                policy.end_stage(stage)
                 self.progress.update(stage=stage + 1, stage_step=0, stage_started=False)
             if (step % cfg.val_every == 0 or last) and self.val_dataset is not None:
                 self._validate(stage, final_stage=stage == policy.head.n_stages - 1 and last)
@@ -309,10 +309,10 @@ class Trainer:
             loss, _ = policy.compute_loss(batch, stage=min(stage, policy.head.n_stages - 1), generator=gen)
             losses.append(loss.item())
             if complete:
-                pred = policy.predict_action_chunk(batch["obs"], generator=gen)
+                cond = policy.encode(batch["obs"])  # once for the prediction and the NLL
+                pred = policy.sample_chunk(cond, generator=gen)
                 errors.append(torch.mean((pred - batch["action"]) ** 2).item())
                 if hasattr(policy.head, "chain"):
-                    cond = policy.encode(batch["obs"])
                     target = policy.normalizer.normalize_key("action", batch["action"])
                     nlls.append(-log_prob(policy.head.chain, target, cond, generator=gen).mean().item())
         rec: dict[str, Any] = {"step": self.progress["global_step"], "stage": stage,

@@ -49,11 +49,11 @@ def test_loss_and_pure_prediction(kind):
     policy = make_policy(kind)
     b = batch()
     for stage in range(policy.head.n_stages):
-        policy.head.begin_stage(stage)
+        policy.begin_stage(stage)
         loss, info = policy.compute_loss(b, stage=stage)
         loss.backward()
         assert torch.isfinite(loss) and info["stage"] == stage
-        policy.head.end_stage(stage)
+        policy.end_stage(stage)
     policy.eval()
     noise = torch.randn(4, 8, 2)
     chunk = policy.predict_action_chunk(b["obs"], noise=noise)
@@ -72,12 +72,44 @@ def test_encoder_trains_with_the_first_stage_only_by_default():
     every = make_policy("lfm", encoder_training="every_stage")
     assert {id(p) for p in every.encoder.parameters()} <= {id(p) for p in every.stage_parameters(2)}
     # and in stage 1 no gradient reaches the frozen encoder
-    policy.head.begin_stage(0)
-    policy.head.end_stage(0)
-    policy.head.begin_stage(1)
+    policy.begin_stage(0)
+    policy.end_stage(0)
+    policy.begin_stage(1)
     loss, _ = policy.compute_loss(batch(), stage=1)
     loss.backward()
     assert all(p.grad is None for p in policy.encoder.parameters())
+
+
+def test_encoder_ema_is_used_at_inference_and_by_frozen_stages():
+    policy = make_policy("lfm")
+    lowdim = Policy(PolicyConfig(encoder=ObsEncoderConfig()), PolicySpec(obs_shapes={"pos": (3,)}, action_dim=2),
+                    LinearNormalizer.from_stats({"action": {"min": np.zeros(2), "max": np.ones(2)},
+                                                 "pos": {"min": np.zeros(3), "max": np.ones(3)}}))
+    assert lowdim.ema_encoder is None  # concatenated low-dim keys: no weights, nothing to average
+    opt = torch.optim.SGD(policy.stage_parameters(0), lr=0.5)
+    policy.begin_stage(0)
+    for _ in range(5):
+        opt.zero_grad()
+        policy.compute_loss(batch(), stage=0)[0].backward()
+        opt.step()
+        policy.after_step(0)
+    assert int(policy.ema_encoder_step) == 5
+    live, ema = policy.encoder.state_dict(), policy.ema_encoder.state_dict()
+    assert any(not torch.equal(live[k], ema[k]) for k in live)  # decay > 0 after the first steps
+    policy.end_stage(0)
+    policy.begin_stage(1)
+    policy.after_step(1)  # the encoder does not train in stage 1: its EMA stays put
+    assert int(policy.ema_encoder_step) == 5
+    policy.eval()
+    obs = batch()["obs"]
+    torch.testing.assert_close(policy.encode(obs), policy.ema_encoder(policy._prepare_obs(obs)))
+    assert not torch.allclose(policy.encode(obs), policy.encode(obs, ema=False))
+    # stage 1 conditions come from the EMA encoder (the one inference uses), without gradients
+    seen = []
+    policy.head.loss = lambda action, cond, **kw: seen.append(cond) or cond.sum()
+    policy.compute_loss(batch(), stage=1)
+    torch.testing.assert_close(seen[0], policy.encode(obs))
+    assert not seen[0].requires_grad
 
 
 def test_bad_observations_are_named():
@@ -94,8 +126,8 @@ def test_bad_observations_are_named():
 def test_checkpoint_round_trip_without_pickle(tmp_path):
     policy = make_policy()
     for s in range(3):
-        policy.head.begin_stage(s)
-        policy.head.end_stage(s)
+        policy.begin_stage(s)
+        policy.end_stage(s)
     policy.eval()
     obs, noise = batch()["obs"], torch.randn(4, 8, 2)
     expected = policy.predict_action_chunk(obs, noise=noise)
