@@ -234,8 +234,13 @@ class Policy(nn.Module):
     @torch.no_grad()
     def sample_chunk(self, cond: torch.Tensor, *, noise: torch.Tensor | None = None,
                      generator: torch.Generator | None = None, solver: Solvers | None = None) -> torch.Tensor:
-        """Unnormalized action chunk (B, H, Da) from an embedding ``cond`` (B, Dc) of :meth:`encode`."""
+        """Unnormalized action chunk (B, H, Da) from an embedding ``cond`` (B, Dc) of :meth:`encode`.
+
+        With ``head.clip_sample`` the normalized chunk is clamped to [−1, 1] first.
+        """
         chunk = self.head.sample(cond, noise=noise, generator=generator, solver=solver)
+        if self.config.head.clip_sample:
+            chunk = chunk.clamp(-1.0, 1.0)
         return self.normalizer.unnormalize_key("action", chunk)
 
     def executable_actions(self, chunk: torch.Tensor) -> torch.Tensor:

@@ -134,6 +134,10 @@ class HeadConfig(Config):
         diffusion: Settings of the ``diffusion`` head.
         ema: EMA of the head's network(s) (per block for flow heads); sampling uses the EMA weights.
             Set it here, not under ``chain.ema`` (which must stay at its default).
+        clip_sample: Clamp every sampled chunk to [−1, 1] in normalized units — the range of the
+            training actions under the trainer's min-max normalization — before unnormalizing (as
+            Diffusion Policy's ``clip_sample``, for every head). Guards the robot against the rare
+            out-of-range chunk of an imperfect sampler.
 
     """
 
@@ -143,6 +147,7 @@ class HeadConfig(Config):
     equal_total_params: bool = True
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
+    clip_sample: bool = True
 
     def __post_init__(self) -> None:
         check(self.kind in HEAD_KINDS, "kind", f"choose from {HEAD_KINDS}, got {self.kind!r}")

@@ -123,6 +123,15 @@ def test_bad_observations_are_named():
         policy.normalizer.normalize_key("velocity", torch.zeros(3))
 
 
+def test_clip_sample_keeps_chunks_in_the_training_action_range():
+    policy = make_policy("fm")
+    policy.head.sample = lambda cond, **kw: torch.full((cond.shape[0], 8, 2), 5.0)  # a wild sampler
+    chunk = policy.predict_action_chunk(batch()["obs"])
+    torch.testing.assert_close(chunk, torch.tensor([2.0, 10.0]).expand(4, 8, 2))  # the stats' max
+    policy.config.head.clip_sample = False
+    assert policy.predict_action_chunk(batch()["obs"])[0, 0, 0] == 2.0 + 4 * 2.0  # x = 5 unnormalized
+
+
 def test_checkpoint_round_trip_without_pickle(tmp_path):
     policy = make_policy()
     for s in range(3):
