@@ -9,6 +9,9 @@ Results go to OUT/<task>/results.json after each task; ``--table`` prints the ta
 
     python benchmarks/sim_heads.py --tasks metaworld/reach-v3 robosuite/Lift --out outputs/sim_heads
     python benchmarks/sim_heads.py --out outputs/sim_heads --table
+    python benchmarks/sim_heads.py --out outputs/sim_lfm_n2 --heads lfm --tasks robosuite/Lift \
+        --overrides policy.head.chain.n_blocks=2                                        # an LFM ablation
+    python benchmarks/sim_heads.py --out outputs/sim_heads --table --merge "outputs/sim_lfm_n2= N=2"
 """
 
 from __future__ import annotations
@@ -91,9 +94,15 @@ def run_task(task: str, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def table(out: Path) -> str:
-    """Markdown table (success per task and variant, mean, NFE, latency, train s) of every results.json."""
-    rows = [r for f in sorted(out.glob("*/results.json")) for r in json.loads(f.read_text())]
+def table(out: Path, merge: list[str] = ()) -> str:
+    """Markdown table (success per task and variant, mean, NFE, latency, train s) of every results.json.
+
+    ``merge``: extra ``DIR=SUFFIX`` result folders (e.g. an ablation run with ``--overrides``) whose
+    variants get SUFFIX appended to their names.
+    """
+    sources = [(out, "")] + [(Path(m.split("=", 1)[0]), m.split("=", 1)[1]) for m in merge]
+    rows = [{**r, "variant": r["variant"] + suffix} for d, suffix in sources
+            for f in sorted(d.glob("*/results.json")) for r in json.loads(f.read_text())]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     short = [t.split("/")[1].removesuffix("-v3") for t in tasks]
@@ -119,16 +128,19 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6000, help="training steps per head")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--width", type=int, default=256, help="ResidualMLP width (LFM blocks: width/2 each)")
+    p.add_argument("--width", type=int, default=256,
+                   help="ResidualMLP width (LFM blocks are narrowed by equal_total_params)")
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--eval-episodes", type=int, default=50)
     p.add_argument("--overrides", nargs="*", default=[], help="extra key=value for every run")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eval-only", action="store_true", help="reuse the checkpoints in --out")
     p.add_argument("--table", action="store_true", help="print the table of the results in --out and exit")
+    p.add_argument("--merge", nargs="*", default=[], metavar="DIR=SUFFIX",
+                   help="with --table: also the results in DIR, their variant names suffixed with SUFFIX")
     args = p.parse_args()
     if args.table:
-        print(table(Path(args.out)))
+        print(table(Path(args.out), args.merge))
         return
     torch.set_num_threads(args.threads)
     for task in args.tasks:
