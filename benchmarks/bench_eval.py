@@ -71,8 +71,8 @@ def main() -> None:
         for size in ("tiny", "config"):
             policy = Policy.load(make_policy(task, out, demos, size))
             for n_envs in (1, 2):
-                row = {"policy": size, "params": sum(p.numel() for n, p in policy.named_parameters()
-                                                     if "ema" not in n), **measure(policy, task, n_envs, episodes)}
+                row = {"policy": size, "params": policy.num_trained_params(),
+                       **measure(policy, task, n_envs, episodes)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     (out / "bench_eval.json").write_text(json.dumps(rows, indent=2))

@@ -52,7 +52,7 @@ def measure(config_name: str, kind: str, batch: int, steps: int, device: str, th
                   "action_is_pad": torch.zeros(batch, h, dtype=torch.bool, device=device)}
     n = policy.head.n_stages
     out = {"config": config_name, "head": kind, "batch": batch, "device": device,
-           "params": sum(p.numel() for name, p in policy.named_parameters() if "ema" not in name)}
+           "params": policy.num_trained_params()}
 
     def sync():
         if device.startswith("cuda"):

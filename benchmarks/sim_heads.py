@@ -79,7 +79,7 @@ def run_task(task: str, args: argparse.Namespace) -> list[dict]:
             for label, sampler in VARIANTS[kind]:
                 summary = evaluator.run(policy, args.eval_episodes, seed_start=100000, solver=sampler).summary()
                 row = {"task": task, "head": kind, "variant": label, "nfe": policy.nfe(sampler),
-                       "params": sum(p.numel() for n, p in policy.named_parameters() if "ema" not in n),
+                       "params": policy.num_trained_params(),
                        "success": summary["success_rate"], "ci95": summary["success_ci95"],
                        "episodes": summary["n_episodes"], "chunk_ms_p50": summary["chunk_latency_ms"]["p50"],
                        "train_s": train_s, "val_action_mse": val_mse, "eval_s": summary["wall_s"]}

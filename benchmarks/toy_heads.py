@@ -70,7 +70,7 @@ def main() -> None:
         for solver in solvers:
             res = rollout(evaluator, policy, args.eval_episodes, solver)
             row = {"head": kind, "nfe": policy.nfe(solver), "train_s": train_s,
-                   "params": sum(p.numel() for n, p in policy.named_parameters() if "ema" not in n), **res}
+                   "params": policy.num_trained_params(), **res}
             rows.append(row)
             print(f"{kind:<11} NFE={row['nfe']:<4} success={row['success']:.2f} modes={row['modes']} "
                   f"chunk={row['chunk_ms_p50']:.2f} ms train={train_s:.0f}s", flush=True)

@@ -73,7 +73,7 @@ def _solver_runs(policy: Any, nfe: list[int] | None, method: str | None) -> list
             if nfe is not None:
                 raise LfmPolicyError("--nfe: DDPM samples with all num_train_timesteps steps; use --solver ddim")
             return [(None, DiffusionSampler("ddpm"))]
-        steps = nfe or [d.inference_steps or d.num_train_timesteps]
+        steps = nfe or [policy.nfe(DiffusionSampler("ddim"))]  # the head resolves its default DDIM steps
         return [(f"steps-{s}" if len(steps) > 1 else None, DiffusionSampler("ddim", int(s))) for s in steps]
     chain = getattr(policy.head, "chain", None)
     if chain is None or method in diffusion:

@@ -216,7 +216,7 @@ class Policy(nn.Module):
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
         """Parameters optimized in ``stage``: the head's, plus the encoder's where it trains."""
         params = list(self.head.stage_parameters(stage))
-        if stage == 0 or self.config.encoder_training == "every_stage":
+        if self.encoder_trains(stage):
             params += list(self.encoder.parameters())
         return params
 
@@ -246,6 +246,10 @@ class Policy(nn.Module):
     def executable_actions(self, chunk: torch.Tensor) -> torch.Tensor:
         """(B, Ta, Da) actions to execute from a chunk."""
         return executable_slice(chunk, self.config.n_obs_steps, self.config.n_action_steps)
+
+    def num_trained_params(self) -> int:
+        """Parameters that training optimizes (the EMA copies of head networks and encoder excluded)."""
+        return sum(p.numel() for name, p in self.named_parameters() if "ema" not in name)
 
     def nfe(self, solver: Solvers | None = None) -> int | None:
         """Network evaluations of the head per chunk (plus one encoder pass)."""

@@ -132,6 +132,13 @@ def test_clip_sample_keeps_chunks_in_the_training_action_range():
     assert policy.predict_action_chunk(batch()["obs"])[0, 0, 0] == 2.0 + 4 * 2.0  # x = 5 unnormalized
 
 
+def test_num_trained_params_counts_what_the_stages_optimize():
+    policy = make_policy("lfm")
+    trained = {id(q): q.numel() for stage in range(3) for q in policy.stage_parameters(stage)}
+    assert policy.num_trained_params() == sum(trained.values())
+    assert policy.num_trained_params() < sum(q.numel() for q in policy.parameters())  # EMA copies exist
+
+
 def test_checkpoint_round_trip_without_pickle(tmp_path):
     policy = make_policy()
     for s in range(3):
