@@ -1,7 +1,8 @@
 """``lfm-policy data ...``: inspect, convert and view demonstration datasets.
 
-Subcommands: ``info``, ``import-robomimic``, ``export-robomimic``, ``view``. PATH arguments accept a
-zarr replay buffer (a directory) or a robomimic HDF5 file. Heavy imports happen inside the handlers.
+Subcommands: ``info``, ``check``, ``rewrite``, ``import-robomimic``, ``export-robomimic``, ``view``. PATH
+arguments accept a zarr replay buffer (a directory) or a robomimic HDF5 file (``check`` and ``rewrite``:
+replay buffers only). Heavy imports happen inside the handlers.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from lfm_policy.errors import DataError
 
@@ -29,6 +29,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("check", help="read every chunk of a replay buffer; report missing or corrupt chunks",
+                       description="Read every chunk of every array of a zarr replay buffer and report every "
+                                   "missing or corrupt chunk (key, chunk, step range). Exit code 1 on problems.")
+    p.add_argument("path", help="replay buffer directory (.zarr)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("rewrite", help="re-write a replay buffer as format 2 (checksummed chunks)",
+                       description="Copy a replay buffer (any format) into a new format-2 store: every chunk "
+                                   "checksummed and stored. All-or-nothing; OUT may equal IN with --overwrite.")
+    p.add_argument("input", help="replay buffer directory (.zarr)")
+    p.add_argument("output", help="replay buffer directory to create (.zarr)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--missing-as-zero", action="store_true",
+                   help="format-1 input: read missing chunks (format 1 skipped all-zero chunks) as zeros")
+    p.set_defaults(func=cmd_rewrite)
+
     p = sub.add_parser("import-robomimic", help="convert a robomimic HDF5 file into a zarr replay buffer")
     p.add_argument("input", help="robomimic .hdf5 file")
     p.add_argument("output", help="replay buffer directory to create (.zarr)")
@@ -40,7 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-robomimic", help="write a zarr replay buffer as a robomimic HDF5 file")
     p.add_argument("input", help="replay buffer directory (.zarr)")
     p.add_argument("output", help="robomimic .hdf5 file to create")
-    p.add_argument("--next-obs", action="store_true", help="also write next_obs (last step repeated)")
+    p.add_argument("--next-obs", action=argparse.BooleanOptionalAction, default=True,
+                   help="write next_obs (default; --no-next-obs leaves it out): obs shifted by one step, the last "
+                        "row being the episode's final observation when the buffer stores one (else the last "
+                        "observation repeated), or the next_obs kept at import")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_export)
 
@@ -55,8 +75,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 @contextmanager
-def open_dataset(path: str):
-    """Open PATH as a replay buffer (directory) or robomimic file (HDF5); yield it."""
+def open_dataset(path: str, *, check_finite: bool = True):
+    """Open PATH as a replay buffer (directory) or robomimic file (HDF5); yield it.
+
+    ``check_finite=False`` lets a robomimic file with NaN/Inf be read (``data info`` reports them).
+    """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
@@ -71,91 +94,51 @@ def open_dataset(path: str):
         raise DataError(f"{p}: neither a zarr replay buffer directory nor an HDF5 file (or the file is corrupt)")
     from lfm_policy.datasets.robomimic_hdf5 import RobomimicFile
 
-    with RobomimicFile(p) as f:
+    with RobomimicFile(p, check_finite=check_finite) as f:
         yield f
 
 
-def describe(source: Any, *, stats: bool = True) -> dict[str, Any]:
-    """The content of ``data info`` as a JSON-ready dict."""
-    import numpy as np
-
-    from lfm_policy.datasets.robomimic_hdf5 import RobomimicFile
-
-    lengths = np.asarray(source.episode_lengths)
-    out: dict[str, Any] = {
-        "path": source.where,
-        "format": "robomimic_hdf5" if isinstance(source, RobomimicFile) else "zarr_replay_buffer",
-        "n_episodes": int(len(lengths)),
-        "n_steps": int(lengths.sum()),
-        "episode_length": _length_summary(lengths),
-        "keys": {},
-    }
-    key_stats = {}
-    if stats and len(lengths):
-        from lfm_policy.datasets.stats import compute_stats
-
-        key_stats = compute_stats(source)
-    for key in source.keys:
-        shape, dtype = source.key_spec(key)
-        entry: dict[str, Any] = {"shape": list(shape), "dtype": str(dtype), "image": key in source.image_keys}
-        for name, value in key_stats.get(key, {}).items():
-            entry[name] = np.round(np.asarray(value, dtype=np.float64), 6).tolist()
-        out["keys"][key] = entry
-    if isinstance(source, RobomimicFile):
-        out["env_meta"] = source.env_meta
-        out["filter_keys"] = {k: len(v) for k, v in source.filter_keys.items()}
-    else:
-        out["attrs"] = {k: v for k, v in source.attrs.items() if k != "filters"}
-        out["filter_keys"] = {k: len(v) for k, v in (source.attrs.get("filters") or {}).items()}
-    return out
-
-
-def _length_summary(lengths: Any) -> dict[str, Any]:
-    import numpy as np
-
-    if not len(lengths):
-        return {"min": 0, "max": 0, "mean": 0.0, "histogram": []}
-    counts, edges = np.histogram(lengths, bins=min(8, max(1, len(np.unique(lengths)))))
-    return {"min": int(lengths.min()), "max": int(lengths.max()), "mean": round(float(lengths.mean()), 2),
-            "histogram": [[int(round(edges[i])), int(round(edges[i + 1])), int(c)] for i, c in enumerate(counts)]}
-
-
-def _fmt(values: list | float) -> str:
-    flat = values if isinstance(values, list) else [values]
-    text = ", ".join(f"{v:.4g}" for v in flat[:6])
-    return f"[{text}{', ...' if len(flat) > 6 else ''}]"
-
-
 def cmd_info(args: argparse.Namespace) -> int:
-    """Print the dataset summary."""
-    with open_dataset(args.path) as source:
+    """Print the dataset summary (:mod:`lfm_policy.datasets.info`)."""
+    from lfm_policy.datasets.info import describe, render
+
+    with open_dataset(args.path, check_finite=False) as source:
         info = describe(source, stats=not args.no_stats)
+    print(json.dumps(info, indent=2) if args.json else render(info))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Read every chunk; print OK or every problem; exit 1 on problems."""
+    from lfm_policy.datasets.integrity import check_store
+
+    report = check_store(args.path)
     if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    el = info["episode_length"]
-    print(f"{info['path']}  ({info['format']})")
-    print(f"episodes: {info['n_episodes']}   steps: {info['n_steps']}   "
-          f"episode length min/mean/max: {el['min']}/{el['mean']}/{el['max']}")
-    if el["histogram"]:
-        peak = max(c for _, _, c in el["histogram"]) or 1
-        for lo, hi, c in el["histogram"]:
-            print(f"  {lo:>6}-{hi:<6} {'#' * max(1 if c else 0, round(30 * c / peak))} {c}")
-    print("keys:")
-    for key, e in info["keys"].items():
-        kind = "image" if e["image"] else "low-dim"
-        print(f"  {key:<28} {str(tuple(e['shape'])):<16} {e['dtype']:<8} {kind}")
-        for name in ("min", "max", "mean", "std"):
-            if name in e:
-                print(f"      {name:<5} {_fmt(e[name])}")
-    meta = info.get("env_meta") if "env_meta" in info else info.get("attrs", {}).get("env_meta")
-    if meta:
-        print(f"env: {meta.get('env_name', '?')} (type {meta.get('type', '?')})")
-    if info["filter_keys"]:
-        print("filter keys: " + ", ".join(f"{k} ({n} episodes)" for k, n in info["filter_keys"].items()))
-    other = {k: v for k, v in info.get("attrs", {}).items() if k != "env_meta"}
-    if other:
-        print("attrs: " + ", ".join(sorted(other)))
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0 if report.ok else 1
+    kind = "checksummed" if report.checksummed else "not checksummed"
+    head = (f"{report.path}: format {report.format_version} ({kind}), {report.n_episodes} episodes, "
+            f"{report.n_steps} steps, {report.chunks_checked} chunks checked")
+    if report.ok:
+        print(f"{head}: OK")
+    else:
+        print(f"{head}: {len(report.problems)} problem(s)")
+        for problem in report.problems:
+            print(f"  {problem}")
+    for note in report.notes:
+        print(f"note: {note}")
+    return 0 if report.ok else 1
+
+
+def cmd_rewrite(args: argparse.Namespace) -> int:
+    """Re-write a replay buffer as format 2."""
+    from lfm_policy.datasets.integrity import rewrite_store
+
+    with _Progress("rewrite") as progress:
+        buf = rewrite_store(args.input, args.output, overwrite=args.overwrite, missing_as_zero=args.missing_as_zero,
+                            on_episode=progress)
+    print(f"wrote {args.output}: format {buf.format_version}, {buf.n_episodes} episodes, {buf.n_steps} steps, "
+          f"keys {buf.keys}")
     return 0
 
 
@@ -177,17 +160,20 @@ class _Progress:
         if self.bar is not None:
             self.bar.close()
 
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Convert robomimic HDF5 → replay buffer."""
     from lfm_policy.datasets.robomimic_convert import import_robomimic
 
-    progress = _Progress("import")
-    try:
+    with _Progress("import") as progress:
         buf = import_robomimic(args.input, args.output, obs_keys=args.obs_keys, filter_key=args.filter_key,
                                overwrite=args.overwrite, on_episode=progress)
-    finally:
-        progress.close()
     print(f"wrote {args.output}: {buf.n_episodes} episodes, {buf.n_steps} steps, keys {buf.keys}")
     return 0
 
@@ -196,12 +182,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Convert replay buffer → robomimic HDF5."""
     from lfm_policy.datasets.robomimic_convert import export_robomimic
 
-    progress = _Progress("export")
-    try:
+    with _Progress("export") as progress:
         n = export_robomimic(args.input, args.output, overwrite=args.overwrite, next_obs=args.next_obs,
                              on_episode=progress)
-    finally:
-        progress.close()
     print(f"wrote {args.output}: {n} episodes")
     return 0
 

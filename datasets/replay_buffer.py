@@ -1,149 +1,105 @@
 """Episode storage on zarr 3 (or in memory): ``data/<key>`` concatenated over time + ``meta/episode_ends``.
 
-On-disk layout (the Diffusion Policy layout, zarr format 3)::
+On-disk layout (the Diffusion Policy layout, zarr format 3; replay-buffer format version 2)::
 
     buffer.zarr/
       zarr.json                 root attrs: user attrs (env_meta, task, ...) + "lfm_policy_format"
       data/<key>                (n_steps, ...) every key concatenated over episodes
       meta/episode_ends         (n_episodes,) int64, exclusive end step of each episode
       meta/episode_attrs/<i>    optional per-episode JSON attrs (e.g. robosuite model xml, seed)
+      meta/final_obs/<key>      optional (n_episodes, ...) observation after each episode's last action
 
 Images are uint8 (T, H, W, C) chunked by a few frames; every array is compressed with Blosc/zstd.
 
+**Integrity (format 2).** Every chunk of every array ends with a crc32c checksum of its stored bytes
+(``zarr.codecs.Crc32cCodec`` after Blosc), checked on each read, and every chunk is stored, even one
+that holds only zeros. Opening a store checks that every chunk holding committed rows exists (zarr
+would read a missing chunk as zeros); any read that meets a damaged chunk raises a DataError naming
+the store, key, chunk and step range (:mod:`lfm_policy.datasets.chunks`). Format-1 stores (no
+checksums; all-zero chunks were skipped) still open and read; ``lfm-policy data rewrite`` converts them.
+
 **Crash safety.** zarr's LocalStore writes every chunk and metadata file to a temporary file and
 renames it, so each file write is atomic. :meth:`ReplayBuffer.add_episode` first appends the episode's
-rows to every ``data/<key>`` (rewriting a partial chunk keeps the earlier rows' values), then writes
-its per-episode attrs, and *commits* last by appending to ``meta/episode_ends``. Readers only look at
-rows below the last committed end, so a writer killed at any point leaves the earlier episodes intact.
-The one torn state possible is ``episode_ends`` grown by one entry whose value was not written yet: it
-reads as 0 (the fill value) and is recognised and ignored on open; ``open(mode="a")`` repairs it and
-trims uncommitted rows before appending again. One writer at a time.
+rows to every ``data/<key>`` (rewriting a partial chunk keeps the earlier rows' values), then its final
+observation and per-episode attrs, and *commits* last by appending to ``meta/episode_ends``. Readers
+only look at rows below the last committed end, so a writer killed at any point leaves the earlier
+episodes intact. The one torn state possible is ``episode_ends`` grown by one entry whose value was
+not written yet: it reads as 0 (the fill value) and is recognised and ignored on open;
+``open(mode="a")`` repairs it and trims uncommitted rows before appending again. One writer at a time.
 
-**New buffers.** :meth:`ReplayBuffer.create` builds the store in a sibling temporary directory
-(``<name>.<hex>.tmp``) and renames it to the final path when the first episode is committed (or on
-:meth:`close` for an empty buffer), so the final path never holds a half-created dataset. With
+**New buffers.** :meth:`ReplayBuffer.create` builds the store in a staging directory (by default the
+sibling ``<name>.<8 hex>.tmp``) and renames it to the final path when the first episode is committed
+(or on :meth:`close` for an empty buffer), so the final path never holds a half-created dataset. With
 ``atomic=True`` the rename waits until :meth:`close`, and leaving a ``with`` block on an exception
-deletes the temporary directory: nothing appears at the path unless the whole write succeeded.
+deletes the staging directory: nothing appears at the path unless the whole write succeeded. While a
+writer is open its process holds an exclusive ``flock`` on the staging directory
+(:mod:`lfm_policy.datasets.staging`): ``create`` deletes default staging directories whose writer
+died, and :meth:`resume` continues one.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lfm_policy.datasets.buffer_backends import MemoryBackend, ZarrBackend
-from lfm_policy.datasets.episode import cast_to, check_episode, is_image
+from lfm_policy.datasets import staging as staging_dirs
+from lfm_policy.datasets.buffer_attrs import WriteThroughAttrs, check_json
+from lfm_policy.datasets.buffer_backends import MemoryBackend
+from lfm_policy.datasets.buffer_lifecycle import OnDiskLifecycle
+from lfm_policy.datasets.buffer_schema import match_final, match_schema
+from lfm_policy.datasets.episode import check_episode, is_image
 from lfm_policy.errors import DataError, LfmPolicyError
 
 
-class _Attrs(dict):
-    """The buffer's attrs: a dict whose changes are written through to the store (JSON values only).
-
-    A change that cannot be stored (not JSON-serializable, read-only buffer) raises and is rolled back.
-    """
-
-    def __init__(self, owner: ReplayBuffer, initial: Mapping[str, Any]):
-        super().__init__(initial)
-        self._owner = owner
-
-    def _mutate(self, op: str, *args: Any, **kwargs: Any) -> Any:
-        before = dict(self)
-        result = getattr(super(), op)(*args, **kwargs)
-        try:
-            clean = self._owner._save_attrs(dict(self))
-        except Exception:
-            super().clear()
-            super().update(before)
-            raise
-        super().clear()
-        super().update(clean)
-        return result
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._mutate("__setitem__", key, value)
-
-    def __delitem__(self, key: str) -> None:
-        self._mutate("__delitem__", key)
-
-    def update(self, *args: Any, **kwargs: Any) -> None:  # noqa: D102 (dict.update)
-        self._mutate("update", *args, **kwargs)
-
-    def pop(self, *args: Any) -> Any:  # noqa: D102 (dict.pop)
-        return self._mutate("pop", *args)
-
-    def setdefault(self, key: str, default: Any = None) -> Any:  # noqa: D102 (dict.setdefault)
-        self._mutate("setdefault", key, default)
-        return self[key]
-
-    def clear(self) -> None:  # noqa: D102 (dict.clear)
-        self._mutate("clear")
-
-
-class ReplayBuffer:
+class ReplayBuffer(OnDiskLifecycle):
     """Episodes of ``{key: (T, ...)}`` arrays stored back to back (see the module docstring).
 
-    Build one with :meth:`create`, :meth:`open` or :meth:`in_memory`; use it as a context manager or
-    call :meth:`close` when writing to disk.
+    Build one with :meth:`create`, :meth:`resume`, :meth:`open` or :meth:`in_memory`; use it as a
+    context manager or call :meth:`close` when writing to disk (creation, publishing and the staging
+    lock: :class:`~lfm_policy.datasets.buffer_lifecycle.OnDiskLifecycle`).
     """
 
-    def __init__(self, backend: MemoryBackend | ZarrBackend, *, writable: bool, publish_to: Path | None = None,
-                 atomic: bool = False, overwrite: bool = False):
+    def __init__(self, backend: Any, *, writable: bool, publish_to: Path | None = None, atomic: bool = False,
+                 overwrite: bool = False, lock: staging_dirs.DirLock | None = None, own_staging: bool = True):
         self._backend = backend
         self._writable = writable
         self._publish_to = publish_to
         self._atomic = atomic
         self._overwrite = overwrite
+        self._lock = lock
+        self._own_staging = own_staging  # a default staging directory (deleted if publishing fails)
         self._closed = False
-        self.attrs = _Attrs(self, backend.read_attrs())
+        self.attrs = WriteThroughAttrs(self._save_attrs, backend.read_attrs())
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def create(cls, path: str | os.PathLike, *, attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
-               atomic: bool = False) -> ReplayBuffer:
-        """Create a new on-disk buffer (written in a temporary directory until published, see module doc).
-
-        Args:
-            path: Final directory, conventionally ending in ``.zarr``.
-            attrs: Initial root attrs (JSON-serializable), e.g. ``{"env_meta": ..., "task": "lift"}``.
-            overwrite: Replace an existing dataset at ``path`` when publishing.
-            atomic: Publish only on :meth:`close` (all-or-nothing) instead of at the first episode.
-
-        Raises:
-            FileExistsError: ``path`` exists and ``overwrite`` is False.
-
-        """
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
-        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        backend = ZarrBackend.create(tmp, display=path)
-        buf = cls(backend, writable=True, publish_to=path, atomic=atomic, overwrite=overwrite)
-        if attrs:
-            buf.attrs.update(attrs)
-        return buf
-
-    @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r") -> ReplayBuffer:
+    def open(cls, path: str | os.PathLike, mode: str = "r", *, missing_as_zero: bool = False) -> ReplayBuffer:
         """Open an existing buffer for reading (``"r"``) or appending (``"a"``).
 
-        Opening with ``"a"`` repairs the trace of an interrupted write (module docstring).
+        Opening checks the structure and that every chunk holding committed rows exists; ``"a"`` also
+        repairs the trace of an interrupted write (module docstring).
+
+        Args:
+            path: The buffer's directory.
+            mode: ``"r"`` or ``"a"``.
+            missing_as_zero: Format-1 stores only: read missing chunks as zeros instead of raising
+                (stores written before format 2 skipped all-zero chunks).
 
         Raises:
             FileNotFoundError: ``path`` does not exist.
-            DataError: ``path`` is not a replay buffer or is inconsistent (names the file and key).
+            DataError: ``path`` is not a replay buffer, is inconsistent or has missing chunks (names
+                the file, key, chunk and step range).
 
         """
+        from lfm_policy.datasets.zarr_backend import ZarrBackend
+
         if mode not in ("r", "a"):
             raise LfmPolicyError(f"ReplayBuffer.open: mode must be 'r' or 'a', got {mode!r}")
-        backend = ZarrBackend.open(Path(path), writable=(mode == "a"))
+        backend = ZarrBackend.open(Path(path), writable=(mode == "a"), missing_as_zero=missing_as_zero)
         return cls(backend, writable=(mode == "a"))
 
     @classmethod
@@ -153,47 +109,6 @@ class ReplayBuffer:
         if attrs:
             buf.attrs.update(attrs)
         return buf
-
-    def __enter__(self) -> ReplayBuffer:
-        return self
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
-        if exc_type is not None and self._publish_to is not None:
-            self.discard()
-        else:
-            self.close()
-
-    def close(self) -> None:
-        """Publish a newly created buffer (if not done yet) and stop accepting writes."""
-        if self._closed:
-            return
-        if self._publish_to is not None:
-            self._publish()
-        self._closed = True
-        self._writable = False
-
-    def discard(self) -> None:
-        """Delete a buffer that was never published (a no-op for published or opened buffers)."""
-        if self._publish_to is not None:
-            shutil.rmtree(self._backend.path, ignore_errors=True)
-            self._publish_to = None
-        self._closed = True
-        self._writable = False
-
-    def _publish(self) -> None:
-        final, tmp = self._publish_to, self._backend.path
-        old = None
-        if final.exists():
-            if not self._overwrite:
-                self.discard()
-                raise FileExistsError(f"{final} appeared while it was being created; nothing was written")
-            old = final.with_name(f"{final.name}.{uuid.uuid4().hex[:8]}.old")
-            os.rename(final, old)
-        os.rename(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        self._backend = ZarrBackend.open(final, writable=True)
-        self._publish_to = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -207,6 +122,16 @@ class ReplayBuffer:
         if self.path is not None:
             return str(self.path)
         return getattr(self._backend, "source", None) or "<memory>"
+
+    @property
+    def format_version(self) -> int | None:
+        """On-disk format version (2 = checksummed, every chunk stored; 1 = older); ``None`` in memory."""
+        return self._backend.format_version
+
+    @property
+    def checksummed(self) -> bool:
+        """True when every stored chunk carries a checksum that reads verify (format 2)."""
+        return bool(self._backend.checksummed)
 
     @property
     def n_episodes(self) -> int:
@@ -235,12 +160,28 @@ class ReplayBuffer:
         return self._backend.keys()
 
     @property
+    def final_obs_keys(self) -> list[str]:
+        """Sorted keys that have a per-episode final observation (``[]`` when none)."""
+        return self._backend.final_obs_keys()
+
+    @property
     def data(self) -> dict[str, Any]:
         """``{key: array}`` over all steps; rows at and beyond :attr:`n_steps` must be ignored.
 
-        numpy arrays for in-memory buffers, ``zarr.Array`` for on-disk ones; both slice like numpy.
+        numpy arrays for in-memory buffers; for on-disk ones, zarr arrays wrapped so that a damaged
+        chunk raises a DataError naming it (:class:`~lfm_policy.datasets.chunks.CheckedArray`); both
+        slice like numpy.
         """
-        return {k: self._backend.array(k) for k in self._backend.keys()}
+        if isinstance(self._backend, MemoryBackend):
+            return {k: self._backend.array(k) for k in self._backend.keys()}
+        from lfm_policy.datasets.chunks import CheckedArray
+
+        return {k: CheckedArray(self._backend.array(k), where=self.where, key=k) for k in self._backend.keys()}
+
+    def chunks(self, key: str) -> tuple[int, ...] | None:
+        """Chunk shape of ``data/<key>`` (``None`` for an in-memory buffer)."""
+        self._array(key)
+        return self._backend.chunks(key)
 
     def key_spec(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
         """Return ``(per_step_shape, dtype)`` of ``key``; raises DataError naming unknown keys."""
@@ -272,19 +213,23 @@ class ReplayBuffer:
 
         Raises:
             IndexError: ``i`` is out of range.
-            DataError: Unknown key, or stored data that cannot be decoded (names file, episode, key).
+            DataError: Unknown key, or a stored chunk that is corrupt (names file, episode, key, chunk).
 
         """
         sl = self.episode_slice(i)
+        where = f"{self.where}: episode {i}"
         out = {}
         for key in self.keys if keys is None else keys:
-            arr = self._array(key)
-            try:
-                out[key] = np.asarray(arr[sl])
-            except Exception as e:  # zarr/numcodecs raise various types for corrupt chunks
-                raise DataError(f"{self.where}: episode {i}: key {key!r}: cannot read stored data "
-                                f"({type(e).__name__}: {e})") from e
+            self._array(key)  # unknown keys
+            out[key] = np.asarray(self._backend.read(key, sl.start, sl.stop, where))
         return out
+
+    def get_final_obs(self, i: int) -> dict[str, np.ndarray] | None:
+        """The observation after episode ``i``'s last action, ``{key: per-step array}``; ``None`` if not stored."""
+        self.episode_slice(i)  # range check
+        if not self.final_obs_keys:
+            return None
+        return self._backend.read_final_obs(i % self.n_episodes, f"{self.where}: episode {i}")
 
     def get_episode_attrs(self, i: int) -> dict[str, Any]:
         """Per-episode attrs given to :meth:`add_episode` (``{}`` if none)."""
@@ -292,7 +237,8 @@ class ReplayBuffer:
         return self._backend.read_episode_attrs(i % self.n_episodes)
 
     # ------------------------------------------------------------------ writing
-    def add_episode(self, data: Mapping[str, Any], *, chunks: Mapping[str, tuple[int, ...]] | None = None,
+    def add_episode(self, data: Mapping[str, Any], *, final_obs: Mapping[str, Any] | None = None,
+                    chunks: Mapping[str, tuple[int, ...]] | None = None,
                     episode_attrs: Mapping[str, Any] | None = None) -> int:
         """Append one episode and commit it (crash-safe, see module docstring).
 
@@ -300,6 +246,9 @@ class ReplayBuffer:
             data: ``{key: (T, ...)}`` with the same T ≥ 1 for every key. The first episode fixes the
                 keys, per-step shapes and dtypes; later episodes must match (floats may differ in
                 precision and are cast).
+            final_obs: The observation after the last action, ``{key: per-step array}`` for a subset of
+                the data keys (cast like ``data``). The first episode fixes which keys have one; later
+                episodes must give the same keys. Stored as ``meta/final_obs/<key>`` (format 2).
             chunks: Chunk shape per key, used when a key is created (first episode). Default: images
                 4 frames per chunk, low-dim arrays ~1 MiB chunks.
             episode_attrs: JSON-serializable per-episode metadata (e.g. ``{"model_file": xml}``).
@@ -309,7 +258,8 @@ class ReplayBuffer:
 
         Raises:
             DataError: Missing/extra key, length mismatch, empty episode, NaN/Inf, wrong dtype or
-                shape (the message names the buffer, the episode index and the key).
+                shape, final-observation keys that differ from the first episode's (the message names
+                the buffer, the episode index and the key).
 
         """
         if not self._writable:
@@ -317,80 +267,56 @@ class ReplayBuffer:
         index = self.n_episodes
         where = f"{self.where}: episode {index}"
         episode = check_episode(data, where)
-        episode = self._match_schema(episode, where, chunks or {})
-        ep_attrs = _check_json(dict(episode_attrs or {}), f"{where}: episode_attrs")
-        self._backend.append_episode(episode, ep_attrs, chunks or {})
+        episode = match_schema(self, episode, where, chunks or {})
+        final = match_final(self, final_obs, episode, where)
+        ep_attrs = check_json(dict(episode_attrs or {}), f"{where}: episode_attrs")
+        self._backend.append_episode(episode, final, ep_attrs, chunks or {})
         if self._publish_to is not None and not self._atomic:
-            self._publish()
+            self._publish(writable=True)
         return index
-
-    def _match_schema(self, episode: dict[str, np.ndarray], where: str,
-                      chunks: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-        existing = self._backend.keys()
-        if not existing:
-            for key, c in chunks.items():
-                if key not in episode:
-                    raise DataError(f"{where}: chunks given for unknown key {key!r}")
-                if len(c) != episode[key].ndim or any(int(x) < 1 for x in c):
-                    raise DataError(f"{where}: key {key!r}: chunks {tuple(c)} do not fit shape "
-                                    f"{episode[key].shape}")
-            return episode
-        missing = sorted(set(existing) - set(episode))
-        extra = sorted(set(episode) - set(existing))
-        if missing:
-            raise DataError(f"{where}: missing key {missing[0]!r} (the buffer has keys {existing})")
-        if extra:
-            raise DataError(f"{where}: unexpected key {extra[0]!r} (the buffer has keys {existing})")
-        out = {}
-        for key, arr in episode.items():
-            shape, dtype = self.key_spec(key)
-            if arr.shape[1:] != shape:
-                raise DataError(f"{where}: key {key!r} has per-step shape {arr.shape[1:]}, "
-                                f"but the buffer stores {shape}")
-            if key in chunks and tuple(chunks[key]) != self._backend.chunks(key):
-                raise DataError(f"{where}: key {key!r} already exists with chunks {self._backend.chunks(key)}")
-            out[key] = cast_to(arr, dtype, where, key)
-        return out
 
     def _save_attrs(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if not self._writable:
             raise LfmPolicyError(f"{self.where}: buffer is read-only or closed; attrs cannot change")
-        clean = _check_json(attrs, f"{self.where}: attrs")
+        clean = check_json(attrs, f"{self.where}: attrs")
         self._backend.write_attrs(clean)
         return clean
 
     # ------------------------------------------------------------------ copies
     def copy_to_memory(self, keys: list[str] | None = None) -> ReplayBuffer:
-        """Return an in-memory copy (numpy arrays; what training samples from)."""
+        """Return an in-memory copy (numpy arrays; what training samples from), final observations included."""
         backend = MemoryBackend(source=self.where)
         n = self.n_steps
+        keys = self.keys if keys is None else list(keys)
         arrays = {}
-        for key in self.keys if keys is None else keys:
-            try:
-                arrays[key] = np.asarray(self._array(key)[:n])
-            except DataError:
-                raise
-            except Exception as e:
-                raise DataError(f"{self.where}: key {key!r}: cannot read stored data "
-                                f"({type(e).__name__}: {e})") from e
+        for key in keys:
+            self._array(key)  # unknown keys
+            arrays[key] = np.asarray(self._backend.read(key, 0, n, self.where))
+        final = {}
+        if self.final_obs_keys and self.n_episodes:
+            per_episode = [self.get_final_obs(i) for i in range(self.n_episodes)]
+            final = {k: np.stack([f[k] for f in per_episode]) for k in self.final_obs_keys if k in keys}
         backend.load(arrays, self._backend.ends, [self._backend.read_episode_attrs(i)
-                                                  for i in range(self.n_episodes)])
+                                                  for i in range(self.n_episodes)], final)
         backend.write_attrs(dict(self.attrs))
         return ReplayBuffer(backend, writable=True)
 
-    def copy_to(self, path: str | os.PathLike, *, overwrite: bool = False) -> ReplayBuffer:
-        """Write this buffer to a new on-disk buffer at ``path`` (all-or-nothing); return it opened."""
+    def copy_to(self, path: str | os.PathLike, *, overwrite: bool = False,
+                on_episode: Callable[[int, int], None] | None = None) -> ReplayBuffer:
+        """Write this buffer to a new format-2 buffer at ``path`` (all-or-nothing); return it opened.
+
+        Keeps attrs, per-episode attrs, final observations and chunk shapes. ``path`` may be this
+        buffer's own path with ``overwrite=True`` (the copy replaces it once complete).
+        ``on_episode(done, total)`` is called after each episode.
+        """
+        chunks = {k: c for k in self.keys if (c := self.chunks(k))}
         with ReplayBuffer.create(path, attrs=dict(self.attrs), overwrite=overwrite, atomic=True) as out:
             for i in range(self.n_episodes):
-                out.add_episode(self.get_episode(i), episode_attrs=self.get_episode_attrs(i))
+                out.add_episode(self.get_episode(i), final_obs=self.get_final_obs(i), chunks=chunks if i == 0 else None,
+                                episode_attrs=self.get_episode_attrs(i))
+                if on_episode is not None:
+                    on_episode(i + 1, self.n_episodes)
         return ReplayBuffer.open(path)
 
     def __repr__(self) -> str:
         return f"ReplayBuffer({self.where!r}, n_episodes={self.n_episodes}, n_steps={self.n_steps}, keys={self.keys})"
-
-
-def _check_json(value: dict[str, Any], where: str) -> dict[str, Any]:
-    try:
-        return json.loads(json.dumps(value))
-    except (TypeError, ValueError) as e:
-        raise DataError(f"{where}: values must be JSON-serializable ({e})") from e

@@ -4,8 +4,16 @@ Key mapping (robomimic → replay buffer): ``obs/<key>`` → ``<key>``, ``action
 ``rewards`` → ``reward``, ``dones`` → ``done``, ``states`` (MuJoCo simulator states) → ``sim_state``.
 The buffer's attrs keep the environment metadata (``env_meta``, robomimic's ``env_args``), the
 filter keys remapped to episode indices (``filters``), which keys are observations (``schema``) and
-the source; each episode's attrs keep its demo name and robosuite ``model_file``. Both directions
-write all-or-nothing.
+the source; each episode's attrs keep its demo name and robosuite ``model_file``.
+
+``next_obs`` round-trips exactly. When every kept key's ``next_obs`` is its ``obs`` shifted by one
+step (``next_obs[:-1] == obs[1:]``, what robomimic's ``dataset_states_to_obs.py`` writes), only the
+last row is new: it is stored as the episode's *final observation* (``meta/final_obs/<key>``).
+Otherwise each key's whole ``next_obs`` is kept as the data key ``next_obs.<key>`` (listed in
+``attrs["schema"]["next_obs"]``). Export writes ``next_obs`` by default: the stored ``next_obs.<key>``
+verbatim, else ``obs`` shifted by one step, whose last row is the final observation when the buffer
+has one and the last observation repeated when it has not. Demo names are kept both ways. Both
+directions write all-or-nothing.
 """
 
 from __future__ import annotations
@@ -17,12 +25,24 @@ from typing import Any
 
 import numpy as np
 
+from lfm_policy.datasets.buffer_lifecycle import exists_message
 from lfm_policy.datasets.replay_buffer import ReplayBuffer
-from lfm_policy.datasets.robomimic_hdf5 import RobomimicFile, write_robomimic_hdf5
+from lfm_policy.datasets.robomimic_hdf5 import DEMO_RE, RobomimicFile
+from lfm_policy.datasets.robomimic_write import write_robomimic_hdf5
 from lfm_policy.errors import DataError
 
 #: robomimic top-level dataset → replay buffer key.
 TOP_TO_BUFFER = {"actions": "action", "rewards": "reward", "dones": "done", "states": "sim_state"}
+#: Prefix of the data keys that keep a ``next_obs`` that is not a shift of ``obs``.
+NEXT_OBS_PREFIX = "next_obs."
+
+
+class _NotAShift(Exception):
+    """A demo's next_obs is not its obs shifted by one step (import restarts keeping next_obs verbatim)."""
+
+
+def _is_shift(obs: np.ndarray, nxt: np.ndarray) -> bool:
+    return obs.dtype == nxt.dtype and obs.shape == nxt.shape and np.array_equal(obs[1:], nxt[:-1])
 
 
 def import_robomimic(in_hdf5: str | os.PathLike, out_zarr: str | os.PathLike,
@@ -47,12 +67,15 @@ def import_robomimic(in_hdf5: str | os.PathLike, out_zarr: str | os.PathLike,
         FileExistsError: ``out_zarr`` exists and ``overwrite`` is False.
 
     """
+    if Path(out_zarr).exists() and not overwrite:
+        raise FileExistsError(exists_message(Path(out_zarr)))
     with RobomimicFile(in_hdf5) as f:
         keys = f.check_obs_keys(obs_keys)
-        clash = sorted(set(keys) & set(TOP_TO_BUFFER.values()))
+        reserved = set(TOP_TO_BUFFER.values())
+        clash = sorted(k for k in keys if k in reserved or k.startswith(NEXT_OBS_PREFIX))
         if clash:
             raise DataError(f"{in_hdf5}: obs key {clash[0]!r} collides with a reserved buffer key "
-                            f"{sorted(TOP_TO_BUFFER.values())}; leave it out with --obs-keys")
+                            f"{sorted(reserved)} or prefix {NEXT_OBS_PREFIX!r}; leave it out with --obs-keys")
         names = f.demo_names(filter_key)
         if not names:
             raise DataError(f"{in_hdf5}: no demos to import" + (f" in mask/{filter_key}" if filter_key else ""))
@@ -65,34 +88,65 @@ def import_robomimic(in_hdf5: str | os.PathLike, out_zarr: str | os.PathLike,
             "schema": {"obs_keys": keys, "action_key": "action"},
             "source": {"format": "robomimic_hdf5", "file": Path(in_hdf5).name, "filter_key": filter_key},
         }
-        with ReplayBuffer.create(out_zarr, attrs=attrs, overwrite=overwrite, atomic=True) as buf:
-            for i, name in enumerate(names):
-                ep = f.read_episode(name, keys)
-                data = dict(ep["obs"])
-                data.update({TOP_TO_BUFFER[k]: ep[k] for k in TOP_TO_BUFFER if k in ep})
-                ep_attrs = {"demo": name}
-                if "model_file" in ep:
-                    ep_attrs["model_file"] = ep["model_file"]
-                buf.add_episode(data, episode_attrs=ep_attrs)
-                if on_episode is not None:
-                    on_episode(i + 1, len(names))
+        collected = f.extra_attrs.get("lfm_policy_collect")
+        if isinstance(collected, dict):  # made by `lfm-policy collect`: keep its task and env options
+            attrs["source"]["collected_by"] = collected.get("collector", "lfm-policy collect")
+            attrs.update({k: collected[k] for k in ("task", "env_kwargs", "images") if k in collected})
+        try:
+            _import(f, out_zarr, names, keys, attrs, overwrite, on_episode, verbatim=False)
+        except _NotAShift:
+            _import(f, out_zarr, names, keys, attrs, overwrite, on_episode, verbatim=True)
     return ReplayBuffer.open(out_zarr)
 
 
+def _import(f: RobomimicFile, out_zarr: str | os.PathLike, names: list[str], keys: list[str], attrs: dict[str, Any],
+            overwrite: bool, on_episode: Callable[[int, int], None] | None, *, verbatim: bool) -> None:
+    """One import pass; raises _NotAShift (nothing written) when ``not verbatim`` and a next_obs is no shift."""
+    next_keys = [k for k in keys if k in f.next_obs_keys]
+    if verbatim:
+        attrs = {**attrs, "schema": {**attrs["schema"], "next_obs": {k: NEXT_OBS_PREFIX + k for k in next_keys}}}
+    with ReplayBuffer.create(out_zarr, attrs=attrs, overwrite=overwrite, atomic=True) as buf:
+        for i, name in enumerate(names):
+            ep = f.read_episode(name, keys, next_obs=bool(next_keys))
+            data = dict(ep["obs"])
+            data.update({TOP_TO_BUFFER[k]: ep[k] for k in TOP_TO_BUFFER if k in ep})
+            nxt = ep.get("next_obs", {})
+            if sorted(nxt) != next_keys:
+                raise DataError(f"{f.path}: {name}: next_obs keys {sorted(nxt)} differ from the first demo's "
+                                f"{next_keys}")
+            final = None
+            if verbatim:
+                data.update({NEXT_OBS_PREFIX + k: v for k, v in nxt.items()})
+            elif nxt:
+                if not all(_is_shift(ep["obs"][k], v) for k, v in nxt.items()):
+                    raise _NotAShift(name)
+                final = {k: v[-1] for k, v in nxt.items()}
+            ep_attrs = {"demo": name}
+            if "model_file" in ep:
+                ep_attrs["model_file"] = ep["model_file"]
+            buf.add_episode(data, final_obs=final, episode_attrs=ep_attrs)
+            if on_episode is not None:
+                on_episode(i + 1, len(names))
+
+
 def export_robomimic(in_zarr: str | os.PathLike, out_hdf5: str | os.PathLike, *, overwrite: bool = False,
-                     next_obs: bool = False, on_episode: Callable[[int, int], None] | None = None) -> int:
+                     next_obs: bool = True, on_episode: Callable[[int, int], None] | None = None) -> int:
     """Write a replay buffer as a robomimic HDF5 file (atomically).
 
     Observation keys are ``attrs["schema"]["obs_keys"]`` when present, else every key other than
-    ``action``/``reward``/``done``/``sim_state``. Buffers without ``reward``/``done`` get zero rewards and
-    ``done = 1`` on each episode's last step; ``env_meta`` (``{}`` if absent) becomes ``env_args``.
+    ``action``/``reward``/``done``/``sim_state`` and ``next_obs.*``. Buffers without ``reward``/``done``
+    get zero rewards and ``done = 1`` on each episode's last step; ``env_meta`` (``{}`` if absent)
+    becomes ``env_args``. Demos keep the names recorded in the episodes' ``"demo"`` attrs when every
+    episode has a distinct ``demo_<i>`` one (an imported file), else they are numbered ``demo_0..N-1``;
+    ``mask/<filter>`` lists the same names.
 
     Args:
         in_zarr: Replay buffer directory.
         out_hdf5: Output file.
         overwrite: Replace an existing ``out_hdf5``.
-        next_obs: Also write ``next_obs`` (the next step's observation; the last step repeats itself,
-            since the observation after the final action is not stored in a replay buffer).
+        next_obs: Write ``next_obs`` (default): a stored ``next_obs.<key>`` as it is, else ``obs[t+1]``,
+            whose last row is the episode's final observation when the buffer has one (exact) and the
+            last observation repeated when it has not.
         on_episode: Progress callback ``on_episode(done, total)``.
 
     Returns:
@@ -101,7 +155,7 @@ def export_robomimic(in_zarr: str | os.PathLike, out_hdf5: str | os.PathLike, *,
     """
     out_hdf5 = Path(out_hdf5)
     if out_hdf5.exists() and not overwrite:
-        raise FileExistsError(f"{out_hdf5} already exists (pass --overwrite to replace it)")
+        raise FileExistsError(exists_message(out_hdf5))
     buf = ReplayBuffer.open(in_zarr)
     if buf.n_episodes == 0:
         raise DataError(f"{in_zarr}: the buffer has no episodes to export")
@@ -110,12 +164,20 @@ def export_robomimic(in_zarr: str | os.PathLike, out_hdf5: str | os.PathLike, *,
     if action_key not in buf.keys:
         raise DataError(f"{in_zarr}: missing action key {action_key!r}; available keys: {buf.keys}")
     reserved = {action_key, "reward", "done", "sim_state"}
-    obs_keys = list(schema.get("obs_keys") or [k for k in buf.keys if k not in reserved])
+    obs_keys = list(schema.get("obs_keys") or [k for k in buf.keys
+                                               if k not in reserved and not k.startswith(NEXT_OBS_PREFIX)])
     for key in obs_keys:
         if key not in buf.keys:
             raise DataError(f"{in_zarr}: attrs schema lists obs key {key!r}, which is not in data/")
     if not obs_keys:
         raise DataError(f"{in_zarr}: no observation keys to export (keys: {buf.keys})")
+    verbatim = {k: v for k, v in (schema.get("next_obs") or {}).items() if k in obs_keys}
+    verbatim.update({k: NEXT_OBS_PREFIX + k for k in obs_keys if NEXT_OBS_PREFIX + k in buf.keys and k not in verbatim})
+    for data_key in verbatim.values():
+        if data_key not in buf.keys:
+            raise DataError(f"{in_zarr}: attrs schema lists next_obs key {data_key!r}, which is not in data/")
+    names = [buf.get_episode_attrs(i).get("demo") for i in range(buf.n_episodes)]
+    keep_names = all(isinstance(n, str) and DEMO_RE.match(n) for n in names) and len(set(names)) == len(names)
 
     def episodes() -> Iterator[dict[str, Any]]:
         for i in range(buf.n_episodes):
@@ -133,10 +195,15 @@ def export_robomimic(in_zarr: str | os.PathLike, out_hdf5: str | os.PathLike, *,
                 "rewards": ep["reward"] if "reward" in ep else np.zeros(t, dtype=np.float64),
                 "dones": ep["done"] if "done" in ep else dones,
             }
+            if keep_names:
+                out["name"] = names[i]
             if "sim_state" in ep:
                 out["states"] = ep["sim_state"]
             if next_obs:
-                out["next_obs"] = {k: np.concatenate([ep[k][1:], ep[k][-1:]]) for k in obs_keys}
+                final = buf.get_final_obs(i) or {}
+                out["next_obs"] = {k: ep[verbatim[k]] if k in verbatim else
+                                   np.concatenate([ep[k][1:], (final[k] if k in final else ep[k][-1])[None]])
+                                   for k in obs_keys}
             model_file = buf.get_episode_attrs(i).get("model_file")
             if model_file is not None:
                 out["model_file"] = model_file

@@ -9,9 +9,10 @@ Layout (as written by robomimic's ``dataset_states_to_obs.py``)::
         actions (T, Da)  rewards (T,)  dones (T,)  states (T, S) optional
     mask/<filter>             array of demo names (bytes), e.g. mask/train, mask/valid
 
-Demos are always ordered by their number (``demo_2`` before ``demo_10``). Conversion to and from the
-zarr replay buffer (``import_robomimic``, ``export_robomimic``) lives in
-:mod:`lfm_policy.datasets.robomimic_convert` and is re-exported here.
+Demos are always ordered by their number (``demo_2`` before ``demo_10``). The writer
+(``write_robomimic_hdf5``, in :mod:`lfm_policy.datasets.robomimic_write`) and the conversions to and from
+the zarr replay buffer (``import_robomimic``, ``export_robomimic``, in
+:mod:`lfm_policy.datasets.robomimic_convert`) are re-exported here.
 """
 
 from __future__ import annotations
@@ -19,18 +20,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from lfm_policy.datasets.episode import check_episode, check_key_name, is_image
+from lfm_policy.datasets.episode import check_episode, is_image
 from lfm_policy.errors import DataError
 
-_DEMO_RE = re.compile(r"^demo_(\d+)$")
+DEMO_RE = re.compile(r"^demo_(\d+)$")
 TOP_KEYS = ("actions", "rewards", "dones", "states")
 
 
@@ -41,6 +41,10 @@ class RobomimicFile:
     ``compute_stats`` and ``data view``: keys ``actions``, ``rewards``, ``dones``, ``states`` and
     ``obs/<key>``.
 
+    Args:
+        path: The HDF5 file.
+        check_finite: Reject NaN/Inf in float arrays when reading (``False`` lets ``data info`` report them).
+
     Raises:
         FileNotFoundError: The file does not exist.
         DataError: Not a readable HDF5 file, no ``data`` group, malformed ``env_args``.
@@ -49,8 +53,9 @@ class RobomimicFile:
 
     action_key = "actions"
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, check_finite: bool = True):
         self.path = Path(path)
+        self.check_finite = check_finite
         self.where = str(self.path)
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no such file")
@@ -68,7 +73,7 @@ class RobomimicFile:
         except DataError:
             self._f.close()
             raise
-        bad = [n for n in names if not _DEMO_RE.match(n)]
+        bad = [n for n in names if not DEMO_RE.match(n)]
         if bad:
             self._f.close()
             raise DataError(f"{self.path}: unexpected group data/{bad[0]} (demos must be named demo_<i>)")
@@ -101,6 +106,24 @@ class RobomimicFile:
         return meta
 
     @property
+    def extra_attrs(self) -> dict[str, Any]:
+        """``data`` attrs other than ``env_args``/``total`` (JSON strings parsed, e.g. ``lfm_policy_collect``)."""
+        out: dict[str, Any] = {}
+        for key, raw in self._f["data"].attrs.items():
+            if key in ("env_args", "total"):
+                continue
+            value = raw.decode() if isinstance(raw, bytes) else raw
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    pass
+            if isinstance(value, (np.ndarray, np.generic)):
+                value = value.tolist()
+            out[key] = value
+        return out
+
+    @property
     def filter_keys(self) -> dict[str, list[str]]:
         """``{filter_name: [demo names]}`` from the ``mask`` group."""
         if "mask" not in self._f:
@@ -131,6 +154,14 @@ class RobomimicFile:
         grp = self._f[f"data/{self.demos[0]}"]
         return sorted(grp["obs"].keys()) if "obs" in grp else []
 
+    @property
+    def next_obs_keys(self) -> list[str]:
+        """``next_obs`` keys of the first demo (``[]`` when the file has none)."""
+        if not self.demos:
+            return []
+        grp = self._f[f"data/{self.demos[0]}"]
+        return sorted(grp["next_obs"].keys()) if "next_obs" in grp else []
+
     def check_obs_keys(self, obs_keys: Sequence[str] | None) -> list[str]:
         """Return ``obs_keys`` (default: all) after checking that the first demo has them."""
         available = self.obs_keys
@@ -143,11 +174,13 @@ class RobomimicFile:
         return list(obs_keys)
 
     # ------------------------------------------------------------------ episodes
-    def read_episode(self, name: str, obs_keys: Sequence[str] | None = None) -> dict[str, Any]:
+    def read_episode(self, name: str, obs_keys: Sequence[str] | None = None, *,
+                     next_obs: bool = False) -> dict[str, Any]:
         """One validated demo as a dict.
 
         Keys: ``name``, ``obs`` (``{key: (T, ...)}``), ``actions``, and when present ``rewards``,
-        ``dones``, ``states``, ``model_file``.
+        ``dones``, ``states``, ``model_file``; with ``next_obs``, also ``next_obs`` (``{key: (T, ...)}``
+        for the chosen keys the demo has in its ``next_obs`` group; absent when it has none).
 
         Raises:
             DataError: Missing demo/key, length mismatch, empty demo, NaN/Inf, unreadable data.
@@ -157,11 +190,12 @@ class RobomimicFile:
         if name not in self.demos:
             raise DataError(f"{where}: no such demo")
         try:
-            return self._read_episode(name, where, obs_keys)
+            return self._read_episode(name, where, obs_keys, next_obs)
         except (OSError, KeyError, RuntimeError) as e:  # h5py's errors on damaged files
             raise DataError(f"{where}: cannot read ({type(e).__name__}: {e})") from e
 
-    def _read_episode(self, name: str, where: str, obs_keys: Sequence[str] | None) -> dict[str, Any]:
+    def _read_episode(self, name: str, where: str, obs_keys: Sequence[str] | None,
+                      next_obs: bool) -> dict[str, Any]:
         grp = self._f[f"data/{name}"]
         if "actions" not in grp:
             raise DataError(f"{where}: missing key 'actions'")
@@ -172,14 +206,20 @@ class RobomimicFile:
             if key not in obs_grp:
                 raise DataError(f"{where}: obs key {key!r} not found; available: {sorted(obs_grp.keys())}")
             flat[f"obs/{key}"] = _read(obs_grp[key], where, f"obs/{key}")
+        next_grp = grp["next_obs"] if next_obs and "next_obs" in grp else {}
+        next_keys = [k for k in keys if k in next_grp]
+        for key in next_keys:
+            flat[f"next_obs/{key}"] = _read(next_grp[key], where, f"next_obs/{key}")
         for key in TOP_KEYS:
             if key in grp:
                 flat[key] = _read(grp[key], where, key)
-        flat = check_episode(flat, where, check_names=False)
+        flat = check_episode(flat, where, check_names=False, finite_keys=None if self.check_finite else ())
         n = grp.attrs.get("num_samples")
         if n is not None and int(n) != len(flat["actions"]):
             raise DataError(f"{where}: attrs num_samples={int(n)} but 'actions' has {len(flat['actions'])} steps")
         out: dict[str, Any] = {"name": name, "obs": {k: flat[f"obs/{k}"] for k in keys}}
+        if next_keys:
+            out["next_obs"] = {k: flat[f"next_obs/{k}"] for k in next_keys}
         out.update({k: flat[k] for k in TOP_KEYS if k in flat})
         if "model_file" in grp.attrs:
             mf = grp.attrs["model_file"]
@@ -259,93 +299,6 @@ def read_robomimic_hdf5(path: str | os.PathLike, obs_keys: Sequence[str] | None 
         yield from f.episodes(keys, filter_key)
 
 
-def write_robomimic_hdf5(path: str | os.PathLike, episodes: Iterable[Mapping[str, Any]], *,
-                         env_args: Mapping[str, Any], filters: Mapping[str, Sequence[int]] | None = None,
-                         compress: bool = True) -> int:
-    """Write episodes as a robomimic HDF5 file (atomically: a temporary file renamed on success).
-
-    Args:
-        path: Output file (replaced if it exists).
-        episodes: Dicts ``{"obs": {key: (T, ...)}, "actions": (T, Da), "rewards": (T,), "dones": (T,)}``
-            with optional ``"states"`` (T, S), ``"next_obs"`` (same keys as ``obs``) and
-            ``"model_file"`` (str); optional entries may also be ``None``. Written as ``demo_0``,
-            ``demo_1``, ... in order.
-        env_args: Environment metadata stored as JSON in ``data.attrs["env_args"]``.
-        filters: ``{name: [episode indices]}`` written as ``mask/<name>``.
-        compress: gzip the observation arrays (as robomimic's ``--compress``).
-
-    Returns:
-        The number of episodes written.
-
-    Raises:
-        DataError: A malformed episode (names the file, the episode index and the key) or a filter
-            index out of range; nothing is left at ``path`` (an existing file is kept unchanged).
-
-    """
-    path = Path(path)
-    try:
-        env_json = json.dumps(dict(env_args), indent=4)
-    except (TypeError, ValueError) as e:
-        raise DataError(f"{path}: env_args must be JSON-serializable ({e})") from e
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with h5py.File(tmp, "w") as f:
-            data = f.create_group("data")
-            total = 0
-            for i, ep in enumerate(episodes):
-                total += _write_demo(data, f"demo_{i}", ep, f"{path}: episode {i}", compress)
-            n = len(data)
-            data.attrs["total"] = total
-            data.attrs["env_args"] = env_json
-            for name, indices in (filters or {}).items():
-                check_key_name(name, f"{path}: filters")
-                bad = [i for i in indices if not 0 <= int(i) < n]
-                if bad:
-                    raise DataError(f"{path}: filter {name!r} refers to episode {bad[0]}, but only {n} were written")
-                f.create_dataset(f"mask/{name}", data=np.array([f"demo_{int(i)}" for i in indices], dtype="S"))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return n
-
-
-def _write_demo(data: h5py.Group, name: str, ep: Mapping[str, Any], where: str, compress: bool) -> int:
-    ep = {k: v for k, v in ep.items() if not (v is None and k in ("states", "next_obs", "model_file"))}
-    for key in ("obs", "actions", "rewards", "dones"):
-        if key not in ep:
-            raise DataError(f"{where}: missing key {key!r}")
-    unknown = sorted(set(ep) - {"obs", "next_obs", "actions", "rewards", "dones", "states", "model_file"})
-    if unknown:
-        raise DataError(f"{where}: unknown key {unknown[0]!r}")
-    flat: dict[str, Any] = {k: ep[k] for k in TOP_KEYS if k in ep}
-    for group in ("obs", "next_obs"):
-        obs = ep.get(group)
-        if obs is None and group == "next_obs":
-            continue
-        if not isinstance(obs, Mapping) or not obs:
-            raise DataError(f"{where}: {group!r} must be a non-empty dict of arrays")
-        for k, v in obs.items():
-            flat[f"{group}/{check_key_name(k, where)}"] = v
-    if "next_obs" in ep and set(ep["next_obs"]) != set(ep["obs"]):
-        raise DataError(f"{where}: 'next_obs' keys {sorted(ep['next_obs'])} differ from 'obs' keys {sorted(ep['obs'])}")
-    for k in ("actions", "rewards", "dones"):
-        expected = 2 if k == "actions" else 1
-        if np.ndim(flat[k]) != expected:
-            raise DataError(f"{where}: key {k!r} must have {expected} dimension(s), got shape {np.shape(flat[k])}")
-    flat = check_episode(flat, where, check_names=False)
-    grp = data.create_group(name)
-    for key, arr in flat.items():
-        opts = {"compression": "gzip"} if compress and key.startswith(("obs/", "next_obs/")) else {}
-        grp.create_dataset(key, data=arr, **opts)
-    length = len(flat["actions"])
-    grp.attrs["num_samples"] = length
-    if ep.get("model_file") is not None:
-        grp.attrs["model_file"] = str(ep["model_file"])
-    return length
-
-
 def _read(ds: h5py.Dataset, where: str, key: str) -> np.ndarray:
     try:
         return np.asarray(ds[()])
@@ -354,7 +307,11 @@ def _read(ds: h5py.Dataset, where: str, key: str) -> np.ndarray:
 
 
 def __getattr__(name: str) -> Any:
-    """Re-export the conversions lazily (``robomimic_convert`` imports this module)."""
+    """Re-export the writer and the conversions lazily (those modules import this one)."""
+    if name == "write_robomimic_hdf5":
+        from lfm_policy.datasets import robomimic_write
+
+        return robomimic_write.write_robomimic_hdf5
     if name in ("import_robomimic", "export_robomimic"):
         from lfm_policy.datasets import robomimic_convert
 

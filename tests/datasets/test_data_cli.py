@@ -130,3 +130,80 @@ def test_cli_subprocess(zarr_path, tmp_path):
                           str(tmp_path / "missing.zarr"), str(tmp_path / "o.hdf5")], capture_output=True, text=True)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and "missing.zarr" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_length_histogram_bins_are_distinct_integer_ranges(tmp_path, capsys):
+    from lfm_policy.datasets.info import length_summary
+
+    for lengths in ([58, 59, 60, 61, 75], [58, 58, 58], [3, 4, 5], list(range(10, 40)), [1, 100]):
+        hist = length_summary(np.array(lengths))["histogram"]
+        assert hist[0][0] == min(lengths) and hist[-1][1] == max(lengths) and len(hist) <= 8
+        assert sum(c for _, _, c in hist) == len(lengths)
+        for (lo, hi, _), (nlo, _, _) in zip(hist, hist[1:]):
+            assert lo <= hi and nlo == hi + 1  # consecutive, disjoint, integer-aligned
+        for lo, hi, c in hist:
+            assert c == sum(lo <= n <= hi for n in lengths)
+    assert length_summary(np.array([58, 59, 60, 61, 75]))["histogram"][0] == [58, 60, 3]  # 18 lengths, width 3
+    assert length_summary(np.array([58, 58, 59]))["histogram"] == [[58, 58, 2], [59, 59, 1]]
+    buf = ReplayBuffer.in_memory()
+    for n in (58, 59, 60, 75):
+        buf.add_episode({"action": np.zeros((n, 2), np.float32)})
+    buf.copy_to(tmp_path / "h.zarr")
+    assert main(["data", "info", str(tmp_path / "h.zarr"), "--no-stats"]) == 0
+    out = capsys.readouterr().out
+    assert "58-58" not in out and " 58-60 " in out and " 73-75 " in out
+
+
+def test_info_shows_env_collection_and_format(tmp_path, capsys):
+    env_meta = {"env_name": "Lift", "type": 1, "env_version": "1.4.1", "env_kwargs": {
+        "robots": ["Panda"], "controller_configs": {"type": "OSC_POSE", "kp": 150}, "control_freq": 20,
+        "hard_reset": False, "camera_names": ["agentview", "robot0_eye_in_hand"], "camera_heights": 84,
+        "camera_widths": [84, 96], "reward_shaping": False, "ignore_done": True}}
+    with ReplayBuffer.create(tmp_path / "c.zarr", attrs={
+            "env_meta": env_meta, "task": "lift", "collector": "lfm-policy collect", "seeds": [0, 2, 3],
+            "base_seed": 0, "n_discarded": 1, "notes": "x"}) as buf:
+        buf.add_episode({"action": np.zeros((3, 7), np.float32)})
+    assert main(["data", "info", str(tmp_path / "c.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert "(zarr_replay_buffer, format 2: chunks checksummed (crc32c))" in out
+    assert "env: Lift (type 1, version 1.4.1)" in out
+    assert "robots: Panda   controller: OSC_POSE   control_freq: 20   hard_reset: False" in out
+    assert "cameras (HxW): agentview 84x84, robot0_eye_in_hand 84x96" in out
+    assert "other kwargs: ignore_done=True, reward_shaping=False" in out
+    assert "task: lift   collector: lfm-policy collect   kept seeds: 3, base seed 0   discarded: 1" in out
+    assert "attrs: notes" in out
+
+
+def test_info_reports_nan_per_key_while_import_still_refuses(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    eps = [{"obs": {"pos": rng.normal(size=(5, 2))}, "actions": rng.normal(size=(5, 3)),
+            "rewards": np.zeros(5), "dones": np.zeros(5)} for _ in range(3)]
+    eps[1]["actions"][2, 1] = np.nan
+    eps[2]["actions"][0, 0] = np.inf
+    eps[1]["actions"][4, 0] = np.nan
+    h5 = tmp_path / "nan.hdf5"
+    write_robomimic_hdf5(h5, eps[:1], env_args={"env_name": "Toy", "type": 1})
+    import h5py
+
+    with h5py.File(h5, "a") as f:  # NaN written behind the writer's back (the writer refuses it)
+        for i in (1, 2):
+            grp = f["data"].create_group(f"demo_{i}")
+            for k, v in (("obs/pos", eps[i]["obs"]["pos"]), ("actions", eps[i]["actions"]),
+                         ("rewards", eps[i]["rewards"]), ("dones", eps[i]["dones"])):
+                grp.create_dataset(k, data=v)
+    assert main(["data", "info", str(h5)]) == 0
+    out = capsys.readouterr().out
+    assert "episodes: 3   steps: 15" in out and "obs/pos" in out
+    assert "!! 3 NaN/Inf values (first at episode 1, step 2)" in out
+    finite = np.concatenate([e["actions"] for e in eps])
+    finite = np.where(np.isfinite(finite), finite, np.nan)
+    assert main(["data", "info", str(h5), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    act = info["keys"]["actions"]
+    assert act["nonfinite"] == 3 and act["first_nonfinite"] == {"episode": 1, "step": 2}
+    np.testing.assert_allclose(act["max"], np.nanmax(finite, 0), atol=1e-6)
+    np.testing.assert_allclose(act["mean"], np.nanmean(finite, 0), atol=1e-6)
+    assert "nonfinite" not in info["keys"]["obs/pos"]
+    assert main(["data", "import-robomimic", str(h5), str(tmp_path / "o.zarr")]) == 1
+    _one_line_error(capsys, 1, "nan.hdf5: demo_1: key 'actions' contains NaN/Inf (first at step 2)")
+    assert not (tmp_path / "o.zarr").exists()

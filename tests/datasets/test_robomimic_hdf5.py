@@ -87,7 +87,7 @@ def test_import_keeps_metadata_and_export_opens_in_robomimic(robomimic_files, tm
     assert sub.attrs["filters"] == {"train": list(range(sub.n_episodes))}
 
     exported = tmp_path / "back.hdf5"
-    assert export_robomimic(out, exported, next_obs=True) == 3
+    assert export_robomimic(out, exported) == 3  # default: with next_obs
     with RobomimicFile(exported) as f:
         assert f.env_meta == buf.attrs["env_meta"] and f.filter_keys == masks
         for i, ep in enumerate(f):
@@ -106,11 +106,16 @@ def test_import_keeps_metadata_and_export_opens_in_robomimic(robomimic_files, tm
     assert shape_meta["ac_dim"] == 7 and shape_meta["all_shapes"]["agentview_image"] == [3, 32, 32]
     rds = RobomimicSequenceDataset(hdf5_path=str(exported), obs_keys=obs_keys,
                                    dataset_keys=("actions", "rewards", "dones"), seq_length=4,
-                                   hdf5_cache_mode="all", filter_by_attribute="train", hdf5_use_swmr=False)
+                                   hdf5_cache_mode="all", filter_by_attribute="train", hdf5_use_swmr=False,
+                                   load_next_obs=True)
     assert len(rds) == 8 * len(masks["train"])
-    item = rds[0]
     first = buf.attrs["filters"]["train"][0]
-    np.testing.assert_allclose(item["actions"], buf.get_episode(first)["action"][:4])
+    ep = buf.get_episode(first)
+    item = rds[0]
+    np.testing.assert_allclose(item["actions"], ep["action"][:4])
+    np.testing.assert_allclose(item["next_obs"]["robot0_eef_pos"], ep["robot0_eef_pos"][1:5])
+    last = rds[7]  # the window at the episode's last step: padded with its last next_obs, the final observation
+    np.testing.assert_allclose(last["next_obs"]["robot0_eef_pos"][0], buf.get_final_obs(first)["robot0_eef_pos"])
     rds.close_and_delete_hdf5_handle()
 
 
