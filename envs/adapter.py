@@ -11,14 +11,26 @@ Observation sources (the values of ``obs_keys``) are written as:
 * ``"key"`` or ``"outer/inner"`` — an entry of a (nested) dict observation;
 * an optional trailing slice on the last axis, e.g. ``"[0:2]"`` or ``"observation[3:6]"``.
 
-Example (Pendulum-v1 with its 3-d observation split into two keys, plus a rendered camera)::
+Two views of the observation: ``success_fn`` receives the wrapped env's *raw* observation (here
+Pendulum's array ``[cos, sin, velocity]``), while the policy and a registered task's expert receive
+the *adapted* dict (``obs["cos_sin"]``, ``obs["velocity"]``).
+
+Example (Pendulum-v1 with its 3-d observation split into two keys; low-dim only, since Pendulum
+renders through pygame)::
 
     env = GymAdapter(
-        gym.make("Pendulum-v1", render_mode="rgb_array"),
+        gym.make("Pendulum-v1"),
         {"cos_sin": "[0:2]", "velocity": "[2:3]"},
-        success_fn=lambda obs, reward, terminated, truncated, info: obs[0] > 0.98,
-        render_image_key="render_image",
-        image_size=64,
+        success_fn=lambda obs, reward, terminated, truncated, info: obs[0] > 0.98,  # raw array obs
+    )
+
+With an env that renders ``rgb_array`` frames itself (MuJoCo envs), ``render_image_key`` adds a camera::
+
+    env = GymAdapter(
+        gym.make("InvertedPendulum-v5", render_mode="rgb_array"),
+        {"qpos": "[0:2]", "qvel": "[2:4]"},
+        render_image_key="side_image",
+        image_size=84,
     )
 """
 
@@ -80,7 +92,8 @@ class GymAdapter(gym.Wrapper):
         obs_keys: ``{our_key: source}``; None keeps a Dict observation's top-level Box entries as
             they are, or names an array observation ``"state"`` (``"camera_image"`` if it is an image).
         success_key: Info key read as success when ``success_fn`` is None (missing → False).
-        success_fn: ``success_fn(raw_obs, reward, terminated, truncated, info) -> bool``.
+        success_fn: ``success_fn(raw_obs, reward, terminated, truncated, info) -> bool``; ``raw_obs`` is
+            the wrapped env's own observation (not the adapted dict that policies and experts see).
         render_image_key: Add ``env.render()`` (needs ``render_mode="rgb_array"``) under this key.
         image_size: Resize the rendered image to (image_size, image_size) (nearest neighbour).
         max_episode_steps: Episode limit; defaults to ``env.spec.max_episode_steps``.
@@ -199,6 +212,25 @@ class GymAdapter(gym.Wrapper):
             frame = np.asarray(self.env.render(), dtype=np.uint8)[..., :3]
             out[self.render_image_key] = _resize_nearest(frame, self.image_size) if self.image_size else frame
         return out
+
+    def env_description(self) -> dict[str, Any]:
+        """What an evaluation records about this env (JSON-serializable)."""
+        spec = self.env.spec
+        fn = self.success_fn
+        cameras = []
+        if self.render_image_key is not None:
+            h, w = self.observation_space[self.render_image_key].shape[:2]
+            cameras.append({"name": self.render_image_key, "height": int(h), "width": int(w)})
+        return {
+            "family": "gym_adapter",
+            "wrapped_env_id": spec.id if spec is not None else type(self.env.unwrapped).__name__,
+            "wrapped_env_kwargs": {k: repr(v) for k, v in (spec.kwargs if spec is not None else {}).items()},
+            "obs_keys": {k: "/".join(src.path) + (f"[{src.index.start}:{src.index.stop}]" if src.index else "")
+                         for k, src in self._sources.items()},
+            "success": f"success_fn {getattr(fn, '__qualname__', repr(fn))}" if fn else f"info[{self.success_key!r}]",
+            "max_episode_steps": self.max_episode_steps,
+            "cameras": cameras,
+        }
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Reset the wrapped env; returns (obs dict, info with ``is_success=False``)."""

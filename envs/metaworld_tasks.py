@@ -12,8 +12,10 @@ Observations (``spaces.Dict``):
     state: float32 (39,) Meta-World's observation (hand, gripper, objects, previous frame, goal).
     <camera>_image: uint8 (S, S, 3), only with ``images=True``; upright.
 
-Images are rendered with a ``mujoco.Renderer`` with shadows, reflections and multisampling off
-(several times faster than gymnasium's MuJoCo renderer at 84 x 84 on a CPU). Meta-World's ``corner*``
+Images are rendered with a ``mujoco.Renderer``; ``render_settings="fast"`` (default) turns shadows,
+reflections and multisampling off (several times faster than gymnasium's MuJoCo renderer at 84 x 84
+on a CPU), ``"default"`` keeps MuJoCo's settings. ``render()`` works without camera observations
+too (it renders ``camera`` only when called, e.g. for the recorded episodes of an evaluation). Meta-World's ``corner*``
 cameras are mounted upside down (their up vector points to the floor); such frames are rotated by 180
 degrees, which is exactly the image of the same camera rolled upright (a vertical flip alone would
 mirror the scene).
@@ -32,6 +34,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from lfm_policy.envs.mujoco_render import check_render_settings, make_scene_fast
 from lfm_policy.envs.robomimic_compat import setup_headless_gl
 from lfm_policy.errors import LfmPolicyError
 
@@ -66,9 +69,10 @@ class MetaWorldEnv(gym.Env):
         seed: Seeds the generator of episode seeds used by ``reset()`` without a seed.
         max_episode_steps: Episode limit (default :data:`METAWORLD_MAX_EPISODE_STEPS`).
         terminate_on_success: End the episode (``terminated=True``) on the first successful step.
+        render_settings: ``"fast"`` (no shadows, reflections, multisampling) or ``"default"``.
 
     Raises:
-        LfmPolicyError: For an unknown task or camera, or a non-positive size or step limit.
+        LfmPolicyError: For an unknown task, camera or render setting, or a non-positive size or step limit.
 
     """
 
@@ -84,10 +88,12 @@ class MetaWorldEnv(gym.Env):
         seed: int | None = None,
         max_episode_steps: int = METAWORLD_MAX_EPISODE_STEPS,
         terminate_on_success: bool = True,
+        render_settings: str = "fast",
     ) -> None:
         if name not in ALL_V3_ENVIRONMENTS:
             raise LfmPolicyError(f"unknown Meta-World task {name!r}; known: {', '.join(METAWORLD_TASK_NAMES)}")
-        if images and camera not in METAWORLD_CAMERAS:
+        self.render_settings = check_render_settings(render_settings)
+        if camera not in METAWORLD_CAMERAS:
             raise LfmPolicyError(f"unknown Meta-World camera {camera!r}; known: {', '.join(METAWORLD_CAMERAS)}")
         if int(image_size) <= 0:
             raise LfmPolicyError(f"image_size must be positive, got {image_size}")
@@ -131,7 +137,9 @@ class MetaWorldEnv(gym.Env):
         """Return the upright uint8 (S, S, 3) frame of ``self.camera``."""
         if self._renderer is None:
             model = self._mw.model
-            model.vis.quality.offsamples = 0  # no multisampling (read when the GL context is made)
+            fast = self.render_settings == "fast"
+            if fast:
+                model.vis.quality.offsamples = 0  # no multisampling (read when the GL context is made)
             try:
                 self._renderer = mujoco.Renderer(model, self.image_size, self.image_size)
             except mujoco.FatalError as e:
@@ -139,9 +147,8 @@ class MetaWorldEnv(gym.Env):
                     f"MuJoCo cannot render ({e}); without a display set MUJOCO_GL=egl (or osmesa) before "
                     "mujoco is first imported"
                 ) from None
-            flags = self._renderer.scene.flags
-            flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-            flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+            if fast:
+                make_scene_fast(self._renderer.scene)
             cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, self.camera)
             # Camera frame columns: x right, y up, z backwards; an up vector pointing below the
             # horizon means the camera is mounted upside down.
@@ -195,10 +202,21 @@ class MetaWorldEnv(gym.Env):
         return self._observation(state), float(reward), terminated, truncated, info
 
     def render(self) -> np.ndarray:
-        """Return the current camera frame (uint8 (S, S, 3), upright); needs ``images=True``."""
-        if not self.images:
-            raise LfmPolicyError("render() needs an env made with images=True")
+        """Return the current frame of ``camera`` (uint8 (S, S, 3), upright), with or without ``images``."""
         return self._render_camera()
+
+    def env_description(self) -> dict[str, Any]:
+        """The effective construction of this env (what an evaluation records; JSON-serializable)."""
+        size = {"height": self.image_size, "width": self.image_size}
+        return {
+            "family": "metaworld",
+            "task_name": self.task_name,
+            "max_episode_steps": self.max_episode_steps,
+            "terminate_on_success": self.terminate_on_success,
+            "render_settings": self.render_settings,
+            "cameras": [{"name": self.camera, **size}] if self.images else [],
+            "video_camera": {"name": self.camera, **size},
+        }
 
     def close(self) -> None:
         """Free the renderer (its GL context) and the simulator."""
@@ -223,6 +241,7 @@ def make_metaworld_env(
     seed: int | None = None,
     max_episode_steps: int = METAWORLD_MAX_EPISODE_STEPS,
     terminate_on_success: bool = True,
+    render_settings: str = "fast",
 ) -> MetaWorldEnv:
     """Create Meta-World v3 task ``name`` (see :class:`MetaWorldEnv` for the arguments).
 
@@ -242,6 +261,7 @@ def make_metaworld_env(
         seed=seed,
         max_episode_steps=max_episode_steps,
         terminate_on_success=terminate_on_success,
+        render_settings=render_settings,
     )
 
 

@@ -6,8 +6,11 @@ file: ``env_name``, ``type``, ``env_kwargs``) and created with
 tools do, so a robomimic dataset's ``env_args`` can be passed as ``env_meta`` unchanged.
 :func:`default_env_meta` builds the metadata of robomimic's datasets for each task: Panda,
 ``OSC_POSE`` (robosuite 1.4.1 defaults: 7-d delta action, 0.05 m / 0.5 rad per unit, gripper -1 open
-/ +1 close) at 20 Hz, sparse reward, plus ``hard_reset=False`` (reset the simulation in place instead
-of recompiling the model each episode; same task distribution, 100x faster resets).
+/ +1 close) at 20 Hz, sparse reward and ``hard_reset=True`` (robosuite's default, and how robomimic's
+demonstrations were made: the model is rebuilt every episode, which resamples model-level properties
+such as Lift's cube size). ``hard_reset=False`` resets the simulation in place instead: the cube
+keeps the size of the model built at construction, and a reset costs ~2 ms instead of ~0.6 s
+(README, "Meta-World and robosuite").
 
 Observations (``spaces.Dict``), the low-dim keys of robomimic's datasets:
     robot0_eef_pos: float32 (3,)    robot0_eef_quat: float32 (4,) (x, y, z, w)
@@ -15,12 +18,16 @@ Observations (``spaces.Dict``), the low-dim keys of robomimic's datasets:
     agentview_image, robot0_eye_in_hand_image: uint8 (S, S, 3), upright, only with ``images=True``.
 
 robosuite renders OpenGL frames bottom-up; robomimic's wrapper flips them, so they arrive upright.
-For speed the offscreen renderer runs without shadows, reflections and multisampling.
+``render_settings="fast"`` (default) renders without shadows, reflections and multisampling;
+``"default"`` keeps robosuite's renderer as it is, which reproduces the frames robomimic's
+``dataset_states_to_obs.py`` stores (:mod:`lfm_policy.envs.mujoco_render`). ``render()`` works
+without camera observations too (a separate ``mujoco.Renderer`` on the simulation).
 
-Seeding: robosuite's placement samplers and the robot's initial joint noise draw from numpy's (and
-Python's) global generators. ``reset(seed=s)`` runs the reset under those generators seeded with
-``s`` and restores their previous state afterwards, so the same task and seed give the same initial
-state and the caller's global random state is left untouched.
+Seeding: robosuite's model building (hard resets), placement samplers and the robot's initial joint
+noise draw from numpy's (and Python's) global generators. ``reset(seed=s)`` runs the reset under
+those generators seeded with ``s`` and restores their previous state afterwards, so the same task
+and seed give the same initial state (cube size included) on any instance, and the caller's global
+random state is left untouched.
 """
 
 from __future__ import annotations
@@ -28,101 +35,32 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import random
-from collections.abc import Iterator
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from lfm_policy.envs.mujoco_render import (
+    SceneRenderer,
+    check_render_settings,
+    install_fast_contexts,
+    make_context_fast,
+)
 from lfm_policy.envs.robomimic_compat import import_robomimic_env_utils
+from lfm_policy.envs.robosuite_meta import (  # noqa: F401  (re-exported)
+    _MODEL_SEED,
+    LOW_DIM_KEYS,
+    ROBOSUITE_CAMERAS,
+    ROBOSUITE_MAX_EPISODE_STEPS,
+    ROBOSUITE_TASK_NAMES,
+    EnvMetaError,
+    _check_env_meta,
+    _meta_image_size,
+    default_env_meta,
+    seeded_global_rng,
+)
 from lfm_policy.errors import LfmPolicyError
-
-ROBOSUITE_TASK_NAMES: tuple[str, ...] = ("Lift", "PickPlaceCan", "NutAssemblySquare")
-
-ROBOSUITE_MAX_EPISODE_STEPS: dict[str, int] = {"Lift": 400, "PickPlaceCan": 400, "NutAssemblySquare": 400}
-"""Episode limits (robomimic's / Diffusion Policy's rollout horizons for these tasks)."""
-
-ROBOSUITE_CAMERAS: tuple[str, ...] = ("agentview", "robot0_eye_in_hand")
-LOW_DIM_KEYS: tuple[str, ...] = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")
-_ROBOSUITE_ENV_TYPE = 1  # robomimic.envs.env_base.EnvType.ROBOSUITE_TYPE
-_MODEL_SEED = 0  # global-RNG seed under which the model is built (same model in every instance)
-
-
-class EnvMetaError(LfmPolicyError, ValueError):
-    """The robomimic env metadata is malformed or names another task."""
-
-
-def default_env_meta(name: str, image_size: int = 84) -> dict[str, Any]:
-    """Return robomimic env metadata (``env_args``) for task ``name``, as robomimic's datasets have it.
-
-    Args:
-        name: One of :data:`ROBOSUITE_TASK_NAMES`.
-        image_size: Camera height and width recorded in the metadata.
-
-    Raises:
-        LfmPolicyError: For an unknown task.
-
-    """
-    if name not in ROBOSUITE_TASK_NAMES:
-        raise LfmPolicyError(f"unknown robosuite task {name!r}; known: {', '.join(ROBOSUITE_TASK_NAMES)}")
-    import_robomimic_env_utils()  # headless GL before robosuite loads mujoco
-    import robosuite
-    from robosuite.controllers import load_controller_config
-
-    return {
-        "env_name": name,
-        "env_version": robosuite.__version__,
-        "type": _ROBOSUITE_ENV_TYPE,
-        "env_kwargs": {
-            "has_renderer": False,
-            "has_offscreen_renderer": True,
-            "ignore_done": True,
-            "use_object_obs": True,
-            "use_camera_obs": True,
-            "control_freq": 20,
-            "controller_configs": load_controller_config(default_controller="OSC_POSE"),
-            "robots": ["Panda"],
-            "camera_depths": False,
-            "camera_heights": int(image_size),
-            "camera_widths": int(image_size),
-            "camera_names": list(ROBOSUITE_CAMERAS),
-            "reward_shaping": False,
-            "hard_reset": False,
-        },
-    }
-
-
-def _check_env_meta(name: str, env_meta: dict[str, Any]) -> None:
-    for key in ("env_name", "type", "env_kwargs"):
-        if key not in env_meta:
-            raise EnvMetaError(f"env_meta has no {key!r} key (expected robomimic env_args: env_name, type, env_kwargs)")
-    if env_meta["type"] != _ROBOSUITE_ENV_TYPE:
-        raise EnvMetaError(f"env_meta['type'] is {env_meta['type']!r}, not robosuite ({_ROBOSUITE_ENV_TYPE})")
-    if env_meta["env_name"] != name:
-        raise EnvMetaError(f"env_meta['env_name'] is {env_meta['env_name']!r} but task {name!r} was requested")
-    if not isinstance(env_meta["env_kwargs"], dict):
-        raise EnvMetaError("env_meta['env_kwargs'] must be a dict")
-
-
-@contextlib.contextmanager
-def seeded_global_rng(seed: int | None) -> Iterator[None]:
-    """Seed numpy's and Python's global generators inside the block, then restore their state.
-
-    With ``seed=None`` the block runs under the current global state, unchanged.
-    """
-    if seed is None:
-        yield
-        return
-    np_state, py_state = np.random.get_state(), random.getstate()
-    np.random.seed(seed)
-    random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(np_state)
-        random.setstate(py_state)
 
 
 class RobosuiteEnv(gym.Env):
@@ -131,11 +69,15 @@ class RobosuiteEnv(gym.Env):
     Args:
         name: One of :data:`ROBOSUITE_TASK_NAMES`.
         images: Add the ``agentview_image`` and ``robot0_eye_in_hand_image`` observations.
-        image_size: Side of the square camera images in pixels.
+        image_size: Side of the square camera images in pixels (default: the cameras of ``env_meta``,
+            else 84).
         seed: Seeds the generator of episode seeds used by ``reset()`` without a seed.
         env_meta: robomimic env metadata to create the env from (default :func:`default_env_meta`).
         max_episode_steps: Episode limit (default from :data:`ROBOSUITE_MAX_EPISODE_STEPS`).
         terminate_on_success: End the episode (``terminated=True``) on the first successful step.
+        hard_reset: Rebuild the model on every reset (True) or reset in place (False); None keeps
+            ``env_meta``'s value (robosuite's default True when it has none).
+        render_settings: ``"fast"`` or ``"default"`` (robosuite's own renderer, robomimic's pixels).
 
     Attributes:
         env_meta: This env's robomimic metadata as robomimic serializes it for a dataset's ``env_args``
@@ -151,18 +93,27 @@ class RobosuiteEnv(gym.Env):
         name: str,
         *,
         images: bool = False,
-        image_size: int = 84,
+        image_size: int | None = None,
         seed: int | None = None,
         env_meta: dict[str, Any] | None = None,
         max_episode_steps: int | None = None,
         terminate_on_success: bool = True,
+        hard_reset: bool | None = None,
+        render_settings: str = "fast",
     ) -> None:
         if name not in ROBOSUITE_TASK_NAMES:
             raise LfmPolicyError(f"unknown robosuite task {name!r}; known: {', '.join(ROBOSUITE_TASK_NAMES)}")
+        if hard_reset is not None and not isinstance(hard_reset, bool):
+            raise LfmPolicyError(f"hard_reset must be true or false, got {hard_reset!r}")
+        self.render_settings = check_render_settings(render_settings)
+        env_meta = copy.deepcopy(env_meta) if env_meta is not None else default_env_meta(name, image_size or 84)
+        _check_env_meta(name, env_meta)
+        if hard_reset is not None:
+            env_meta["env_kwargs"]["hard_reset"] = hard_reset
+        if image_size is None:
+            image_size = (_meta_image_size(env_meta["env_kwargs"]) if images else None) or 84
         if int(image_size) <= 0:
             raise LfmPolicyError(f"image_size must be positive, got {image_size}")
-        env_meta = copy.deepcopy(env_meta) if env_meta is not None else default_env_meta(name, image_size)
-        _check_env_meta(name, env_meta)
         self.task_name = name
         self.images = bool(images)
         self.image_size = int(image_size)
@@ -186,6 +137,9 @@ class RobosuiteEnv(gym.Env):
             )
         # What robomimic records as a dataset's env_args for this env (cameras and sizes included).
         self.env_meta: dict[str, Any] = copy.deepcopy(self.robomimic_env.serialize())
+        self._scene_renderer: SceneRenderer | None = None
+        if self.render_settings == "fast" and self.cameras:
+            install_fast_contexts(self.robosuite_env)  # simulations built by later hard resets
         self._configure_renderer()
 
         first = self._convert(self.robomimic_env.get_observation())
@@ -208,32 +162,25 @@ class RobosuiteEnv(gym.Env):
         return self.robomimic_env.env
 
     def _configure_renderer(self) -> bool:
-        """Switch the offscreen renderer to fast settings once per render context.
-
-        Shadows and reflections are scene flags; multisampling is fixed when the MuJoCo render
-        context is created, so the context is recreated once without it. A hard reset or a
-        ``reset_to`` with a model makes a new simulation and context; this is then applied again.
+        """Make the current offscreen render context fast (``render_settings="fast"``), once per context.
 
         Returns:
             Whether settings were changed (observations taken before must be re-rendered).
 
         """
-        if not self.cameras:
+        if not self.cameras or self.render_settings != "fast":
             return False
-        import mujoco
+        return make_context_fast(self.robosuite_env.sim)
 
-        sim = self.robosuite_env.sim
-        ctx = sim._render_context_offscreen
-        if ctx is None or getattr(ctx, "_lfm_policy_fast", False):
-            return False
-        ctx.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-        ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-        sim.model._model.vis.quality.offsamples = 0
-        ctx.gl_ctx.make_current()
-        ctx.con.free()
-        ctx._set_mujoco_context_and_buffers()
-        ctx._lfm_policy_fast = True
-        return True
+    def _make_current(self) -> None:
+        """Make this env's GL context current before robosuite renders.
+
+        robosuite renders into whichever context is current, so the frames of an env would otherwise
+        go to the context of another env (or renderer) made later in the same process.
+        """
+        ctx = self.robosuite_env.sim._render_context_offscreen if self.cameras else None
+        if ctx is not None:
+            ctx.gl_ctx.make_current()
 
     def _convert(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [k for k in LOW_DIM_KEYS if k not in raw]
@@ -287,6 +234,7 @@ class RobosuiteEnv(gym.Env):
         super().reset(seed=seed)
         episode_seed = int(seed) if seed is not None else int(self.np_random.integers(2**31 - 1))
         self._register_image_keys()
+        self._make_current()
         with seeded_global_rng(episode_seed):
             raw = self.robomimic_env.reset()
         if self._configure_renderer():
@@ -306,6 +254,7 @@ class RobosuiteEnv(gym.Env):
             raise LfmPolicyError(f"{self.task_name} action must have shape {self.action_space.shape}, got {a.shape}")
         a = np.clip(a, self.action_space.low, self.action_space.high)
         self._register_image_keys()
+        self._make_current()
         raw, reward, _, _ = self.robomimic_env.step(a)
         self._steps += 1
         success = self._success()
@@ -314,14 +263,26 @@ class RobosuiteEnv(gym.Env):
         return self._convert(raw), float(reward), terminated, truncated, {"is_success": success}
 
     def render(self) -> np.ndarray:
-        """Return the current agentview frame (uint8 (S, S, 3), upright); needs ``images=True``."""
-        if not self.images:
-            raise LfmPolicyError("render() needs an env made with images=True")
-        self._register_image_keys()
-        return self._convert(self.robomimic_env.get_observation())["agentview_image"]
+        """Return the current agentview frame (uint8 (S, S, 3), upright), with or without ``images``.
+
+        With camera observations it comes from robosuite's offscreen context (the pixels of
+        ``agentview_image``); without, from a separate ``mujoco.Renderer`` with the same settings.
+        """
+        sim = self.robosuite_env.sim
+        if self.images:
+            self._configure_renderer()
+            self._make_current()
+            return np.ascontiguousarray(sim.render(camera_name="agentview", width=self.image_size,
+                                                   height=self.image_size)[::-1])
+        if self._scene_renderer is None:
+            self._scene_renderer = SceneRenderer(self.image_size, self.render_settings)
+        return self._scene_renderer.render(sim, "agentview")
 
     def close(self) -> None:
-        """Free the simulator and its offscreen GL context."""
+        """Free the simulator and its offscreen GL contexts."""
+        if self._scene_renderer is not None:
+            self._scene_renderer.close()
+            self._scene_renderer = None
         rs = self.robosuite_env
         if rs is None:
             return
@@ -335,6 +296,25 @@ class RobosuiteEnv(gym.Env):
         rs.close()
         self.robomimic_env.env = None
 
+    def env_description(self) -> dict[str, Any]:
+        """The effective construction of this env (what an evaluation records; JSON-serializable)."""
+        rs = self.robosuite_env
+        controller = rs.robots[0].controller_config or {}
+        size = {"height": self.image_size, "width": self.image_size}
+        return {
+            "family": "robosuite",
+            "task_name": self.task_name,
+            "max_episode_steps": self.max_episode_steps,
+            "terminate_on_success": self.terminate_on_success,
+            "render_settings": self.render_settings,
+            "cameras": [{"name": cam, **size} for cam in self.cameras],
+            "video_camera": {"name": "agentview", **size},
+            "controller": controller.get("type"),
+            "control_freq": float(rs.control_freq),
+            "hard_reset": bool(rs.hard_reset),
+            "env_meta": copy.deepcopy(self.env_meta),
+        }
+
     # ------------------------------------------------------------------ robomimic HDF5 helpers
     def get_state(self) -> np.ndarray:
         """Return the flattened simulator state, float64 (S,) (robomimic HDF5 ``states`` row)."""
@@ -345,16 +325,40 @@ class RobosuiteEnv(gym.Env):
         """The MuJoCo model XML of the current scene (robomimic HDF5 ``model_file`` attribute)."""
         return self.robosuite_env.sim.model.get_xml()
 
+    def reset_to_state(self, state: np.ndarray, model_xml: str | None = None) -> dict[str, np.ndarray]:
+        """Load a recorded simulator state (and scene), as robomimic's dataset tools replay ``states``.
+
+        Args:
+            state: float64 (S,), a robomimic HDF5 ``states`` row.
+            model_xml: The episode's ``model_file``; the scene is rebuilt from it when given.
+
+        Returns:
+            The observation at that state (the env's keys, images included when made with them).
+
+        """
+        self._register_image_keys()
+        self._make_current()
+        target: dict[str, Any] = {"states": np.asarray(state, dtype=np.float64)}
+        if model_xml is not None:
+            target["model"] = model_xml
+        with seeded_global_rng(_MODEL_SEED):  # reset_to with a model resets first (global RNG draws)
+            raw = self.robomimic_env.reset_to(target)
+        if self._configure_renderer():
+            raw = self.robomimic_env.get_observation()
+        return self._convert(raw)
+
 
 def make_robosuite_env(
     name: str,
     *,
     images: bool = False,
-    image_size: int = 84,
+    image_size: int | None = None,
     seed: int | None = None,
     env_meta: dict[str, Any] | None = None,
     max_episode_steps: int | None = None,
     terminate_on_success: bool = True,
+    hard_reset: bool | None = None,
+    render_settings: str = "fast",
 ) -> RobosuiteEnv:
     """Create robosuite task ``name`` from robomimic env metadata (see :class:`RobosuiteEnv`).
 
@@ -364,6 +368,7 @@ def make_robosuite_env(
         >>> obs["agentview_image"].shape, env.env_meta["env_kwargs"]["control_freq"]
         ((84, 84, 3), 20)
         >>> env.close()
+        >>> fast = make_robosuite_env("Lift", hard_reset=False)  # resets in place: one cube size, ~1 ms
 
     """
     return RobosuiteEnv(
@@ -374,6 +379,8 @@ def make_robosuite_env(
         env_meta=env_meta,
         max_episode_steps=max_episode_steps,
         terminate_on_success=terminate_on_success,
+        hard_reset=hard_reset,
+        render_settings=render_settings,
     )
 
 

@@ -19,7 +19,8 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
         confidence: Two-sided confidence level.
 
     Returns:
-        (low, high), e.g. 8/10 at 95 % → (0.490, 0.943).
+        (low, high), e.g. 8/10 at 95 % → (0.490, 0.943); low is exactly 0 at k = 0 and high exactly 1
+        at k = n (the formula gives them only up to rounding).
 
     """
     if n < 0 or not 0 <= successes <= max(n, 0):
@@ -33,7 +34,9 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 @dataclass
@@ -79,6 +82,7 @@ class EvalResults:
         wall_s: Wall time of the whole run.
         requested: Episodes asked for.
         interrupted: The run was stopped (Ctrl-C) before every episode finished.
+        environment: The environment record (:func:`lfm_policy.eval.environment.environment_record`).
 
     """
 
@@ -88,6 +92,7 @@ class EvalResults:
     wall_s: float = 0.0
     requested: int = 0
     interrupted: bool = False
+    environment: dict[str, Any] | None = None
 
     @property
     def success_rate(self) -> float:

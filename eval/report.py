@@ -1,4 +1,8 @@
-"""Evaluation outputs: ``results.json``, ``report.md``, captioned videos and run comparisons."""
+"""Evaluation outputs: ``results.json`` and ``report.md`` (videos: :mod:`.video`, comparisons: :mod:`.compare`).
+
+Schema 2 adds ``environment`` (:mod:`lfm_policy.eval.environment`); files of schema 1 are still read,
+with ``environment`` set to ``"unknown"``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import hashlib
 import json
 import platform
 import time
-from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +18,13 @@ import numpy as np
 
 from lfm_policy.config import atomic_write_text
 from lfm_policy.errors import LfmPolicyError
+from lfm_policy.eval.compare import solver_text
+from lfm_policy.eval.environment import UNKNOWN
 from lfm_policy.eval.metrics import EvalResults
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+SIMULATORS = ("mujoco", "robosuite", "robomimic", "metaworld")
 RESULTS = "results.json"
 REPORT = "report.md"
 
@@ -40,57 +48,20 @@ def versions() -> dict[str, str]:
 
     import lfm_policy
 
-    return {"lfm_policy": lfm_policy.__version__, "torch": torch.__version__, "numpy": np.__version__,
-            "gymnasium": gymnasium.__version__, "python": platform.python_version()}
-
-
-# --------------------------------------------------------------------------------------------- video
-def caption_frame(frame: np.ndarray, text: str, *, min_size: int = 256) -> np.ndarray:
-    """Upscale (nearest) to at least ``min_size`` px and draw ``text`` on a dark band at the top.
-
-    Args:
-        frame: uint8 (H, W, 3).
-        text: Caption.
-        min_size: Minimum output side (small observation images are upscaled so the text fits).
-
-    Returns:
-        uint8 (H', W', 3) with H', W' multiples of 16 (what mp4 encoders want).
-
-    """
-    from PIL import Image, ImageDraw
-
-    frame = np.asarray(frame, np.uint8)
-    scale = max(1, int(np.ceil(min_size / max(1, min(frame.shape[:2])))))
-    img = np.repeat(np.repeat(frame, scale, axis=0), scale, axis=1)
-    h, w = (img.shape[0] + 15) // 16 * 16, (img.shape[1] + 15) // 16 * 16
-    canvas = np.zeros((h, w, 3), np.uint8)
-    canvas[: img.shape[0], : img.shape[1]] = img
-    pil = Image.fromarray(canvas)
-    draw = ImageDraw.Draw(pil)
-    draw.rectangle([0, 0, w, 14], fill=(0, 0, 0))
-    draw.text((3, 2), text, fill=(255, 255, 255))
-    return np.asarray(pil)
-
-
-def write_video(path: str | Path, frames: Sequence[np.ndarray], *, success: bool, fps: int = 20) -> Path:
-    """Write ``frames`` (each uint8 (H, W, 3)) to an mp4 with a "step k/T  success/failure" caption."""
-    import imageio.v2 as imageio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.mp4")
-    outcome = "SUCCESS" if success else "failure"
-    with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=16) as w:
-        for k, frame in enumerate(frames):
-            w.append_data(caption_frame(frame, f"step {k}/{len(frames) - 1}  {outcome}"))
-    tmp.replace(path)
-    return path
+    out = {"lfm_policy": lfm_policy.__version__, "torch": torch.__version__, "numpy": np.__version__,
+           "gymnasium": gymnasium.__version__, "python": platform.python_version()}
+    for name in SIMULATORS:  # installed simulator packages (read from their metadata: nothing imported)
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 # ------------------------------------------------------------------------------------------ results
 def build_record(results: EvalResults, *, task: str, checkpoint: str | Path | None, seed_start: int,
                  n_envs: int, nfe: int | None, solver: dict | None, extra: dict | None = None) -> dict[str, Any]:
-    """The ``results.json`` content (see docs/eval.md for the schema)."""
+    """The ``results.json`` content (README, "Evaluating a policy", lists the fields)."""
     ckpt = Path(checkpoint) if checkpoint else None
     return {
         "schema_version": SCHEMA_VERSION,
@@ -105,6 +76,7 @@ def build_record(results: EvalResults, *, task: str, checkpoint: str | Path | No
         "nfe": nfe,
         "solver": solver,
         **(extra or {}),
+        "environment": results.environment if results.environment is not None else UNKNOWN,
         "summary": results.summary(),
         "versions": versions(),
         "episodes": [e.to_dict() for e in results.episodes],
@@ -132,6 +104,9 @@ def render_report(record: dict[str, Any]) -> str:
         f"| {s['n_episodes']} | {_fmt(s['success_rate'])} | [{lo:.3f}, {hi:.3f}] | {_fmt(s['mean_return'], '.2f')} | "
         f"{_fmt(s['mean_length'], '.1f')} | {s['n_errors']} | {record['nfe']} | {_fmt(lat['p50'], '.2f')} | "
         f"{_fmt(lat['p95'], '.2f')} | {_fmt(s['episodes_per_min'], '.1f')} |", "",
+        f"Policy: head `{record.get('head') or '?'}`, solver {solver_text(record.get('solver'))}, "
+        f"NFE {record['nfe']} per chunk.", "",
+        *environment_lines(record.get("environment", UNKNOWN)),
     ]
     if s["success_modes"]:
         lines += ["Successful episodes per mode: " + ", ".join(f"{m}: {c}" for m, c in s["success_modes"].items()),
@@ -145,6 +120,25 @@ def render_report(record: dict[str, Any]) -> str:
     v = record["versions"]
     lines += ["", "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()), ""]
     return "\n".join(lines)
+
+
+def environment_lines(env: Any) -> list[str]:
+    """Markdown lines describing the environment record (or saying it is unknown)."""
+    if not isinstance(env, dict):
+        return ["Environment: unknown (results written before environments were recorded).", ""]
+    cams = ", ".join(f"{c['name']} {c['height']}×{c['width']}" for c in env.get("cameras") or []) or "none"
+    rows = [("task", env["task"]), ("source", env["source"]), ("env class", env.get("env_class")),
+            ("images", env["images"]), ("cameras", cams), ("render settings", env.get("render_settings")),
+            ("max episode steps", env.get("max_episode_steps")), ("controller", env.get("controller")),
+            ("control freq [Hz]", env.get("control_freq")), ("hard reset", env.get("hard_reset")),
+            ("env kwargs as passed", json.dumps(env.get("env_kwargs"), sort_keys=True)[:300]),
+            ("env_meta sha256", env.get("env_meta_sha256")), ("fingerprint", env["fingerprint"])]
+    lines = ["## Environment", "", "| field | value |", "|---|---|"]
+    lines += [f"| {k} | `{v}` |" for k, v in rows if v is not None]
+    if env.get("env_meta") is not None:
+        lines += ["", "<details><summary>effective env_meta (robomimic env_args)</summary>", "", "```json",
+                  json.dumps(env["env_meta"], indent=1, sort_keys=True), "```", "", "</details>"]
+    return [*lines, ""]
 
 
 def write_results(out: str | Path, record: dict[str, Any]) -> Path:
@@ -166,56 +160,10 @@ def load_results(path: str | Path) -> dict[str, Any]:
         record = json.loads(file.read_text())
     except json.JSONDecodeError as e:
         raise LfmPolicyError(f"{file}: corrupt JSON ({e})") from None
-    if record.get("schema_version") != SCHEMA_VERSION or "summary" not in record:
-        raise LfmPolicyError(f"{file}: not an lfm-policy results file (schema_version "
-                             f"{record.get('schema_version')!r}, expected {SCHEMA_VERSION})")
+    if not isinstance(record, dict) or record.get("schema_version") not in READABLE_SCHEMAS or "summary" not in record:
+        version = record.get("schema_version") if isinstance(record, dict) else None
+        raise LfmPolicyError(f"{file}: not an lfm-policy results file (schema_version {version!r}, "
+                             f"expected one of {READABLE_SCHEMAS})")
+    if record["schema_version"] == 1:
+        record["environment"] = UNKNOWN
     return record
-
-
-# ------------------------------------------------------------------------------------------ compare
-def compare_table(records: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
-    """Markdown table with one row per run."""
-    rows = ["| run | task | episodes | success | 95 % CI | NFE | chunk ms p50 | chunk ms p95 | mean length |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in zip(names, records):
-        s, lat = r["summary"], r["summary"]["chunk_latency_ms"]
-        lo, hi = s["success_ci95"]
-        rows.append(f"| {name} | {r['task']} | {s['n_episodes']} | {_fmt(s['success_rate'])} | [{lo:.3f}, {hi:.3f}] "
-                    f"| {r['nfe']} | {_fmt(lat['p50'], '.2f')} | {_fmt(lat['p95'], '.2f')} | "
-                    f"{_fmt(s['mean_length'], '.1f')} |")
-    seeds = {(r["task"], r["seed_start"]) for r in records}
-    if len(seeds) > 1:
-        rows.append("\nNote: the runs used different tasks or seed offsets, so they are not paired.")
-    return "\n".join(rows)
-
-
-def compare_plot(records: Sequence[dict[str, Any]], names: Sequence[str], path: str | Path) -> Path:
-    """PNG with success (and its Wilson interval) against NFE and against chunk latency p50."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name, r in zip(names, records):
-        s = r["summary"]
-        if s["success_rate"] is None:
-            continue
-        lo, hi = s["success_ci95"]
-        yerr = [[s["success_rate"] - lo], [hi - s["success_rate"]]]
-        for ax, x in zip(axes, (r["nfe"], s["chunk_latency_ms"]["p50"])):
-            if x is not None:
-                ax.errorbar([x], [s["success_rate"]], yerr=yerr, fmt="o", capsize=4, label=name)
-    for ax, label in zip(axes, ("NFE per chunk", "chunk latency p50 [ms]")):
-        ax.set_xlabel(label)
-        ax.set_ylabel("success rate")
-        ax.set_ylim(-0.05, 1.05)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("success vs cost (error bars: Wilson 95 %)")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -7,6 +7,7 @@ processes started with ``forkserver``/``spawn``; ``n_envs=1`` runs in this proce
     with Evaluator(EvalConfig(task="toy/point-obstacle", n_envs=2)) as ev:
         results = ev.run(policy, episodes=50, seed_start=100000)
     results.summary()["success_rate"]
+    results.environment["fingerprint"]  # how the env was built, as it reports it (.environment)
 
 Paired seeds: episode i is reset with ``seed_start + i`` and its sampling noise comes from a torch
 generator seeded with the same number, so its initial state (and, up to float rounding of batched
@@ -34,6 +35,7 @@ import torch
 
 from lfm_policy.config import Config, check
 from lfm_policy.errors import LfmPolicyError
+from lfm_policy.eval.environment import REGISTRY_DEFAULT, environment_record
 from lfm_policy.eval.metrics import EpisodeResult, EvalResults
 
 CONTEXTS = ("forkserver", "spawn")
@@ -53,6 +55,8 @@ class EvalConfig(Config):
         batch_inference: One policy call for all active envs (fast). Batched matrix products round
             slightly differently from single ones, so long chaotic episodes may differ between ``n_envs``
             settings; False runs one call per env, making episodes bit-identical for any ``n_envs``.
+        env_source: Where ``task``/``env_kwargs`` came from, recorded with the results: ``"registry
+            default"`` or the ``--env-from`` dataset path.
 
     """
 
@@ -63,6 +67,7 @@ class EvalConfig(Config):
     plugins: tuple[str, ...] = ()
     context: str = "forkserver"
     batch_inference: bool = True
+    env_source: str = REGISTRY_DEFAULT
 
     def __post_init__(self) -> None:
         self.plugins = tuple(self.plugins)
@@ -104,6 +109,7 @@ class Evaluator:
         self.config = config
         self._envs = None
         self._shape: tuple[int, int] | None = None
+        self._environment: dict[str, Any] | None = None
         for module in config.plugins:
             importlib.import_module(module)
 
@@ -125,7 +131,16 @@ class Evaluator:
             self._close_envs()
             self._envs = self._make_envs(n_obs_steps, n_action_steps)
             self._shape = (n_obs_steps, n_action_steps)
+            if self._environment is None:  # what the env reports, from inside its worker
+                c = self.config
+                self._environment = environment_record(c.task, c.images, c.env_kwargs, c.env_source,
+                                                       self._envs.call("describe_env")[0])
         return self._envs
+
+    @property
+    def environment(self) -> dict[str, Any] | None:
+        """The environment record (None until the envs were made by a :meth:`run`)."""
+        return self._environment
 
     def _close_envs(self, terminate: bool = False) -> None:
         """Close the envs; ``terminate``: kill the workers (a broken or interrupted vector env)."""
@@ -215,7 +230,7 @@ class Evaluator:
                     pending[k].extend(popped or [])
                 frames, pending[j] = pending[j], []
                 if frames:
-                    from lfm_policy.eval.report import write_video
+                    from lfm_policy.eval.video import write_video
 
                     path = Path(video_dir) / f"episode_{i:04d}_seed{ep.seed}.mp4"
                     write_video(path, frames, success=ep.success)
@@ -312,4 +327,5 @@ class Evaluator:
         finally:
             results.wall_s = time.perf_counter() - t_start
             results.episodes.sort(key=lambda e: e.index)
+            results.environment = self._environment
         return results

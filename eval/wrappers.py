@@ -13,7 +13,9 @@ Ta actions and returns the last To observations, which is what a chunked policy 
 * with ``catch_errors=True``, an exception raised by the wrapped env ends the episode and is reported
   in ``info["error"]`` instead of propagating (the evaluator keeps going with the other episodes);
 * episodes reset with a seed below ``options["record_below_seed"]`` keep one RGB frame per single step
-  (``env.render()``, else the first ``*_image`` observation); :meth:`pop_frames` hands them over.
+  (``env.render()``, else the first ``*_image`` observation) and, per frame, whether the episode has
+  succeeded by then; :meth:`pop_frames` hands them over. Other episodes never call ``render()``;
+* :meth:`describe_env` reports the wrapped env's construction (:func:`lfm_policy.eval.environment.describe_env`).
 """
 
 from __future__ import annotations
@@ -70,8 +72,9 @@ class MultiStepWrapper(gym.Wrapper):
         self._return = 0.0
         self._last_info: dict[str, Any] = {}
         self._record = False
-        self._video: list[np.ndarray] = []
-        self._finished_video: list[np.ndarray] | None = None
+        self._succeeded = False
+        self._video: list[tuple[np.ndarray, bool]] = []
+        self._finished_video: list[tuple[np.ndarray, bool]] | None = None
 
     # ------------------------------------------------------------------------------------------
     def _window(self) -> dict[str, np.ndarray]:
@@ -98,7 +101,7 @@ class MultiStepWrapper(gym.Wrapper):
         if frame is None:
             frame = next((np.asarray(v) for k, v in obs.items() if k.endswith("_image")), None)
         if frame is not None and np.asarray(frame).ndim == 3:
-            self._video.append(np.asarray(frame, dtype=np.uint8).copy())
+            self._video.append((np.asarray(frame, dtype=np.uint8)[..., :3].copy(), self._succeeded))
 
     def _info(self, **extra: Any) -> dict[str, Any]:
         info = dict(self._last_info)
@@ -122,6 +125,7 @@ class MultiStepWrapper(gym.Wrapper):
         self._last_info = {}
         below = (options or {}).get("record_below_seed")
         self._record = seed is not None and below is not None and seed < below
+        self._succeeded = False
         self._video = []
         try:
             obs, info = self.env.reset(seed=seed)
@@ -169,6 +173,7 @@ class MultiStepWrapper(gym.Wrapper):
             reward_sum += float(reward)
             self._last_info = dict(info)
             self._push(obs)
+            self._succeeded = self._succeeded or bool(info.get("is_success", False))
             self._grab_video_frame(obs)
             if info.get("is_success", False):
                 terminated = True
@@ -181,7 +186,19 @@ class MultiStepWrapper(gym.Wrapper):
             self._end_episode()
         return self._window(), reward_sum, bool(terminated), bool(truncated and not terminated), self._info(idle=False)
 
-    def pop_frames(self) -> list[np.ndarray] | None:
-        """Frames (each (H, W, 3) uint8) of the last recorded episode that ended, once; else None."""
+    def pop_frames(self) -> list[tuple[np.ndarray, bool]] | None:
+        """The last recorded episode that ended, once (else None): per frame ``(rgb, succeeded)``.
+
+        ``rgb`` is uint8 (H, W, 3); frame 0 is the reset, frame k follows single step k; ``succeeded``
+        says whether ``info["is_success"]`` was True at that step or before.
+        """
         frames, self._finished_video = self._finished_video, None
         return frames
+
+    def describe_env(self) -> dict[str, Any]:
+        """The wrapped env's construction as it reports it, with this wrapper's episode limit."""
+        from lfm_policy.eval.environment import describe_env
+
+        desc = describe_env(self.env)
+        desc["max_episode_steps"] = self.max_episode_steps
+        return desc

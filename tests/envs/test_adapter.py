@@ -106,6 +106,24 @@ def test_rendered_camera_from_a_mujoco_env():
     env.close()
 
 
+def test_success_fn_sees_the_raw_observation_and_the_description_says_how_it_was_built():
+    seen = []
+
+    def success(obs, reward, terminated, truncated, info):
+        seen.append(obs)
+        return False
+
+    env = GymAdapter(gym.make("Pendulum-v1"), {"cos_sin": "[0:2]", "velocity": "[2:3]"}, success_fn=success)
+    env.reset(seed=0)
+    adapted = env.step(np.zeros(1))[0]
+    assert isinstance(seen[0], np.ndarray) and seen[0].shape == (3,)  # Pendulum's own array, not the dict
+    np.testing.assert_allclose(adapted["cos_sin"], seen[0][:2], rtol=1e-6)
+    desc = env.env_description()
+    assert desc["wrapped_env_id"] == "Pendulum-v1" and desc["obs_keys"] == {"cos_sin": "[0:2]", "velocity": "[2:3]"}
+    assert desc["success"].startswith("success_fn") and desc["cameras"] == [] and desc["max_episode_steps"] == 200
+    env.close()
+
+
 def _docs_text() -> str:
     if DOCS.exists():
         return DOCS.read_text()

@@ -91,15 +91,38 @@ def test_bad_arguments_raise_clear_errors():
         make_metaworld_env("pick-place-v2")
     with pytest.raises(LfmPolicyError, match="camera"):
         make_metaworld_env("reach-v3", images=True, camera="front")
+    with pytest.raises(LfmPolicyError, match="camera"):
+        make_metaworld_env("reach-v3", camera="front")  # render() would use it even without images
+    with pytest.raises(LfmPolicyError, match="render_settings"):
+        make_metaworld_env("reach-v3", render_settings="pretty")
     env = make_metaworld_env("reach-v3")
     try:
         env.reset(seed=0)
         with pytest.raises(LfmPolicyError, match="shape"):
             env.step(np.zeros(3))
-        with pytest.raises(LfmPolicyError, match="images=True"):
-            env.render()
     finally:
         env.close()
+
+
+def test_render_without_images_matches_the_camera_observation():
+    low = make_metaworld_env("reach-v3", camera="corner3")
+    cam = make_metaworld_env("reach-v3", images=True, camera="corner3")
+    slow = make_metaworld_env("reach-v3", camera="corner3", render_settings="default")
+    try:
+        assert set(low.reset(seed=4)[0]) == {"state"}
+        obs, _ = cam.reset(seed=4)
+        slow.reset(seed=4)
+        frame = low.render()
+        assert frame.shape == (84, 84, 3) and frame.dtype == np.uint8
+        np.testing.assert_array_equal(frame, obs["corner3_image"])
+        assert (np.abs(slow.render().astype(int) - frame).max(-1) > 10).mean() > 0.005  # shadows etc. on
+        desc = low.env_description()
+        assert desc["cameras"] == [] and desc["video_camera"]["name"] == "corner3"
+        assert cam.env_description()["cameras"] == [{"name": "corner3", "height": 84, "width": 84}]
+        assert slow.env_description()["render_settings"] == "default"
+    finally:
+        for env in (low, cam, slow):
+            env.close()
 
 
 def test_default_images_are_84x84_uint8_and_reproducible():

@@ -1,4 +1,9 @@
+import fcntl
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,13 +18,33 @@ from lfm_policy.envs.robosuite_tasks import (
 )
 from lfm_policy.errors import LfmPolicyError
 
+FIXTURE_SCRIPT = Path(__file__).resolve().parents[1] / "datasets" / "robomimic_fixture.py"
+
+
+@pytest.fixture(scope="module")
+def robomimic_obs_file(tmp_path_factory):
+    """obs.hdf5 made by robomimic's dataset_states_to_obs (32 px cameras); shared with tests/datasets."""
+    base = tmp_path_factory.getbasetemp()
+    out = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "robomimic_fixture"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as lock:  # the same directory and lock as tests/datasets/conftest.py
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "DONE").exists():
+            env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+            proc = subprocess.run([sys.executable, str(FIXTURE_SCRIPT), str(out)], capture_output=True, text=True,
+                                  env=env, timeout=300)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "obs.hdf5"
+
+
 LOW_DIM = {"robot0_eef_pos": (3,), "robot0_eef_quat": (4,), "robot0_gripper_qpos": (2,)}
 OBJECT_DIM = {"Lift": 10, "PickPlaceCan": 14, "NutAssemblySquare": 14}
 
 
 @pytest.fixture(scope="module")
 def envs():
-    made = {name: make_robosuite_env(name) for name in ROBOSUITE_TASK_NAMES}
+    # hard_reset=False: these tests are not about resets (a hard reset costs ~0.5 s)
+    made = {name: make_robosuite_env(name, hard_reset=False) for name in ROBOSUITE_TASK_NAMES}
     yield made
     for env in made.values():
         env.close()
@@ -44,6 +69,7 @@ def test_default_env_meta_is_robomimic_env_args():
     assert kw["robots"] == ["Panda"] and kw["control_freq"] == 20
     assert kw["controller_configs"]["type"] == "OSC_POSE"
     assert kw["controller_configs"]["output_max"] == [0.05, 0.05, 0.05, 0.5, 0.5, 0.5]
+    assert kw["hard_reset"] is True  # as robosuite's default and robomimic's datasets
 
 
 def test_each_task_resets_and_steps_within_its_spaces(envs):
@@ -64,7 +90,7 @@ def test_each_task_resets_and_steps_within_its_spaces(envs):
 
 def test_reset_is_deterministic_across_instances_and_keeps_global_rng(envs):
     lift = envs["Lift"]
-    other = make_robosuite_env("Lift", seed=99)
+    other = make_robosuite_env("Lift", seed=99, hard_reset=False)
     try:
         np.random.seed(1234)
         before = np.random.get_state()[1].copy()
@@ -104,9 +130,13 @@ def test_state_and_model_xml_restore_through_robomimic(envs):
 def test_env_meta_is_used_and_checked():
     meta = default_env_meta("Lift")
     meta["env_kwargs"]["control_freq"] = 10
-    env = make_robosuite_env("Lift", env_meta=meta, max_episode_steps=3)
+    env = make_robosuite_env("Lift", env_meta=meta, max_episode_steps=3, hard_reset=False)
     try:
         assert env.robosuite_env.control_freq == 10 and env.env_meta["env_kwargs"]["control_freq"] == 10
+        desc = env.env_description()
+        assert desc["control_freq"] == 10.0 and desc["controller"] == "OSC_POSE" and desc["hard_reset"] is False
+        assert desc["env_meta"]["env_kwargs"]["hard_reset"] is False and desc["render_settings"] == "fast"
+        json.dumps(desc)
         env.reset(seed=0)
         flags = [env.step(np.zeros(7))[3] for _ in range(3)]
         assert flags == [False, False, True]
@@ -120,6 +150,10 @@ def test_env_meta_is_used_and_checked():
         make_robosuite_env("Lift", env_meta={"env_name": "Lift", "type": 1})
     with pytest.raises(LfmPolicyError, match="unknown robosuite task"):
         make_robosuite_env("Stack")
+    with pytest.raises(LfmPolicyError, match="render_settings"):
+        make_robosuite_env("Lift", render_settings="pretty")
+    with pytest.raises(LfmPolicyError, match="hard_reset"):
+        make_robosuite_env("Lift", hard_reset="no")
 
 
 def test_robomimic_style_env_args_with_hard_reset_and_images():
@@ -135,6 +169,7 @@ def test_robomimic_style_env_args_with_hard_reset_and_images():
         "camera_depths": False, "camera_heights": 84, "camera_widths": 84, "reward_shaping": False}}  # fmt: skip
     env = make_robosuite_env("Lift", env_meta=json.loads(json.dumps(env_args)), images=True)
     try:
+        assert env.robosuite_env.hard_reset is True  # robosuite's default when env_args have no hard_reset
         a = env.reset(seed=3)[0]
         sizes_a = list(env.robosuite_env.cube.size)
         env.reset(seed=4)
@@ -151,6 +186,74 @@ def test_robomimic_style_env_args_with_hard_reset_and_images():
         assert env.env_meta["env_version"] == "1.4.1"
     finally:
         env.close()
+
+
+def test_default_hard_reset_seeds_the_model_level_randomisation():
+    env = make_robosuite_env("Lift")  # registered default: hard_reset=True, as robomimic's demonstrations
+    fresh = make_robosuite_env("Lift")
+    soft = make_robosuite_env("Lift", hard_reset=False)
+    try:
+        assert env.robosuite_env.hard_reset and env.env_meta["env_kwargs"]["hard_reset"] is True
+        cube = lambda e: np.asarray(e.robosuite_env.cube.size).copy()  # noqa: E731
+        env.reset(seed=11)
+        size_11, state_11 = cube(env), env.get_state()
+        env.reset(seed=12)
+        assert not np.allclose(cube(env), size_11)  # another seed, another cube size
+        env.reset(seed=11)
+        np.testing.assert_array_equal(cube(env), size_11)  # the same seed, the same cube and state
+        np.testing.assert_array_equal(env.get_state(), state_11)
+        fresh.reset(seed=11)  # a fresh env with that seed: the same state
+        np.testing.assert_array_equal(cube(fresh), size_11)
+        np.testing.assert_array_equal(fresh.get_state(), state_11)
+        soft.reset(seed=11)
+        size_soft = cube(soft)
+        soft.reset(seed=12)
+        np.testing.assert_array_equal(cube(soft), size_soft)  # reset in place: one cube size for every seed
+    finally:
+        for e in (env, fresh, soft):
+            e.close()
+
+
+def test_render_settings_reproduce_robomimic_frames(robomimic_obs_file):
+    """Replaying a robomimic dataset's states: "default" gives its stored frames, "fast" does not."""
+    import h5py
+
+    from lfm_policy.datasets.robomimic_hdf5 import RobomimicFile
+
+    meta = RobomimicFile(robomimic_obs_file).env_meta
+    share = {}
+    for setting in ("default", "fast"):
+        env = make_robosuite_env("Lift", env_meta=meta, images=True, render_settings=setting)
+        try:
+            assert env.image_size == 32  # taken from the file's env_args
+            diffs = []
+            with h5py.File(robomimic_obs_file) as f:
+                g = f["data/demo_0"]
+                for t in (0, 3, 7):
+                    obs = env.reset_to_state(g["states"][t], g.attrs["model_file"] if t == 0 else None)
+                    for cam in ("agentview_image", "robot0_eye_in_hand_image"):
+                        diffs.append(np.abs(obs[cam].astype(int) - g["obs"][cam][t].astype(int)).max(-1))
+                    np.testing.assert_allclose(obs["object"], g["obs"]["object"][t], atol=1e-6)
+            share[setting] = float((np.stack(diffs) > 10).mean())
+        finally:
+            env.close()
+    assert share["default"] == 0.0  # measured: identical pixels (README)
+    assert share["fast"] > 0.02  # measured ~8 % at 32 px
+
+
+def test_render_without_camera_observations_matches_the_camera():
+    low = make_robosuite_env("Lift", hard_reset=False)
+    cam = make_robosuite_env("Lift", images=True, hard_reset=False)
+    try:
+        low.reset(seed=2)
+        obs, _ = cam.reset(seed=2)
+        frame = low.render()
+        assert frame.shape == (84, 84, 3) and frame.dtype == np.uint8 and "agentview_image" not in low.reset(seed=2)[0]
+        np.testing.assert_array_equal(low.render(), cam.render())
+        np.testing.assert_array_equal(cam.render(), obs["agentview_image"])
+    finally:
+        low.close()
+        cam.close()
 
 
 def _red_centroid(img):

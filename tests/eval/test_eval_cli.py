@@ -27,7 +27,8 @@ def test_eval_cli_writes_results_report_and_videos(tiny_checkpoint, tmp_path, ca
     assert cli_main(argv) == 0
     assert "success" in capsys.readouterr().out
     rec = json.loads((out / "results.json").read_text())
-    assert rec["schema_version"] == 1 and rec["task"] == "toy/point-obstacle" and rec["n_envs"] == 2
+    assert rec["schema_version"] == 2 and rec["task"] == "toy/point-obstacle" and rec["n_envs"] == 2
+    assert rec["environment"]["task"] == "toy/point-obstacle" and len(rec["environment"]["fingerprint"]) == 64
     assert rec["nfe"] == 2 * 2 * 1 and rec["solver"]["method"] == "euler" and rec["solver"]["steps"] == 2
     assert len(rec["checkpoint_sha256"]) == 64 and len(rec["config_sha256"]) == 64
     assert {"lfm_policy", "torch", "python"} <= set(rec["versions"])
@@ -46,6 +47,7 @@ def test_eval_cli_writes_results_report_and_videos(tiny_checkpoint, tmp_path, ca
         assert len(frames) == rec["episodes"][i]["length"] + 1 and frames[0].shape[0] >= 256
     report = (out / "report.md").read_text()
     assert "| episodes | success |" in report and "100003" in report
+    assert "head `lfm`, solver euler×2, NFE 4 per chunk" in report
 
 
 def test_eval_nfe_sweep_and_compare_plot(tiny_checkpoint, tmp_path, capsys):

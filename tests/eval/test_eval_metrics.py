@@ -29,3 +29,13 @@ def test_summary_counts_and_latency():
     assert s["success_modes"] == {"left": 1, "right": 1}
     assert s["chunk_latency_ms"]["p50"] == pytest.approx(50.5) and s["chunk_latency_ms"]["p95"] == pytest.approx(95.05)
     assert s["episodes_per_min"] == pytest.approx(120.0)
+
+
+@pytest.mark.parametrize("n", [1, 7, 50, 1000])
+def test_wilson_bounds_are_exact_at_zero_and_all_successes(n):
+    lo, hi = wilson_interval(0, n)
+    assert lo == 0.0 and 0 < hi < 1  # exactly 0 (the formula gives ~1e-17)
+    lo, hi = wilson_interval(n, n)
+    assert hi == 1.0 and 0 < lo < 1
+    res = EvalResults(episodes=[EpisodeResult(i, i, False, 0.0, 1) for i in range(n)])
+    assert res.summary()["success_ci95"][0] == 0.0
