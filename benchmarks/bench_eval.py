@@ -39,7 +39,8 @@ def make_policy(task: str, out: Path, demos: int, size: str) -> Path:
                  "policy.head.net.mlp.depth=2", "total_steps=200"]
     else:
         over += ["total_steps=8"]
-    return train(TrainConfig.from_json(ROOT / "configs" / base).with_overrides(over), progress=False)
+    return train(TrainConfig.from_json(ROOT / "configs" / base).with_overrides(over), progress=False,
+                 overwrite=True)
 
 
 def measure(policy: Policy, task: str, n_envs: int, episodes: int) -> dict:

@@ -19,10 +19,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+_ROBOSUITE_LOWDIM = {"robot0_eef_pos": (3,), "robot0_eef_quat": (4,), "robot0_gripper_qpos": (2,)}
 SHAPES = {  # per-frame observation shapes of the tasks the configs are for (as the envs give them)
     "metaworld_lowdim": ({"state": (39,)}, 4),
+    "metaworld_lowdim_cpu": ({"state": (39,)}, 4),
+    "metaworld_image": ({"corner2_image": (84, 84, 3), "state": (39,)}, 4),
+    "robosuite_lowdim": ({**_ROBOSUITE_LOWDIM, "object": (10,)}, 7),
+    "robosuite_lowdim_cpu": ({**_ROBOSUITE_LOWDIM, "object": (10,)}, 7),
     "robosuite_image": ({"agentview_image": (84, 84, 3), "robot0_eye_in_hand_image": (84, 84, 3),
-                         "robot0_eef_pos": (3,), "robot0_eef_quat": (4,), "robot0_gripper_qpos": (2,)}, 7),
+                         **_ROBOSUITE_LOWDIM}, 7),
 }
 
 
@@ -101,7 +106,8 @@ def measure(config_name: str, kind: str, batch: int, steps: int, device: str, th
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", nargs="+", default=list(SHAPES))
+    p.add_argument("--configs", nargs="+", default=["metaworld_lowdim", "robosuite_image"], choices=list(SHAPES))
+    p.add_argument("--config-batch", action="store_true", help="each config's own batch_size (overrides --batch-*)")
     p.add_argument("--heads", nargs="+", default=["lfm", "fm", "diffusion", "regression"])
     p.add_argument("--batch-lowdim", type=int, default=256)
     p.add_argument("--batch-image", type=int, default=16)
@@ -115,9 +121,14 @@ def main() -> None:
     rows = []
     for config in args.configs:
         image = "image" in config
+        batch = args.batch_image if image else args.batch_lowdim
+        if args.config_batch:
+            import lfm_policy.train_config as tc
+
+            batch = tc.TrainConfig.from_json(ROOT / "configs" / f"{config}.json").batch_size
         for kind in args.heads:
             q = ctx.Queue()
-            proc = ctx.Process(target=measure, args=(config, kind, args.batch_image if image else args.batch_lowdim,
+            proc = ctx.Process(target=measure, args=(config, kind, batch,
                                                      args.steps_image if image else args.steps_lowdim, args.device,
                                                      args.threads, q))
             proc.start()

@@ -1,17 +1,19 @@
 """Meta-World and robosuite (low-dim): success of lfm / fm / diffusion / regression heads.
 
 For each task: collect the scripted expert's demos (seeds 0.., skipped when the buffer exists), train
-every head on the same data with the same seed, trunk (ResidualMLP), batch and step budget (LFM splits
-the steps over its blocks), then roll each policy out on the same evaluation seeds (from 100000) with
-lfm_policy.eval's Evaluator. Flow heads are evaluated at 1 midpoint step per block (LFM NFE 8, FM NFE 2)
-and FM also at 4 (NFE 8); the diffusion head, trained once, samples with DDIM-10 and with DDPM-100.
+every head from the family's shipped CPU config (``configs/<family>_lowdim_cpu.json``: the same data,
+seed, trunk (ResidualMLP 256×3), batch and step budget; LFM splits the steps over its blocks; only
+``policy.head.kind`` and ``--overrides`` change), then roll each policy out on the same evaluation
+seeds (from 100000) with lfm_policy.eval's Evaluator. Flow heads are evaluated at 1 midpoint step per
+block (LFM NFE 2 × blocks, FM NFE 2) and FM also at 4 (NFE 8); the diffusion head, trained once,
+samples with DDIM-10 and with DDPM-100.
 Results go to OUT/<task>/results.json after each task; ``--table`` prints the table of every task in OUT.
 
     python benchmarks/sim_heads.py --tasks metaworld/reach-v3 robosuite/Lift --out outputs/sim_heads
     python benchmarks/sim_heads.py --out outputs/sim_heads --table
-    python benchmarks/sim_heads.py --out outputs/sim_lfm_n2 --heads lfm --tasks robosuite/Lift \
-        --overrides policy.head.chain.n_blocks=2                                        # an LFM ablation
-    python benchmarks/sim_heads.py --out outputs/sim_heads --table --merge "outputs/sim_lfm_n2= N=2"
+    python benchmarks/sim_heads.py --out outputs/sim_lfm_n4 --heads lfm --tasks robosuite/Lift \
+        --overrides policy.head.chain.n_blocks=4                                        # an LFM ablation
+    python benchmarks/sim_heads.py --out outputs/sim_heads --table --merge "outputs/sim_lfm_n4= N=4"
 """
 
 from __future__ import annotations
@@ -61,17 +63,19 @@ def run_task(task: str, args: argparse.Namespace) -> list[dict]:
     try:
         for kind in args.heads:
             run_dir = out / slug(task) / kind
-            cfg = TrainConfig.from_json(ROOT / "configs" / f"{family}_lowdim.json").with_overrides([
-                f"data.path={data}", f"out_dir={run_dir}", f"policy.head.kind={kind}",
-                "policy.head.net.family=mlp", f"policy.head.net.mlp.width={args.width}",
-                f"policy.head.net.mlp.depth={args.depth}", f"total_steps={args.steps}",
-                f"batch_size={args.batch_size}", f"optim.lr={args.lr}", "optim.warmup_steps=200",
-                f"val_every={args.steps}", f"checkpoint_every={args.steps}", *args.overrides])
+            # the shipped CPU config of the family (ResidualMLP 256×3, batch 128, 6000 steps, lr 1e-3)
+            cfg = TrainConfig.from_json(ROOT / "configs" / f"{family}_lowdim_cpu.json")
+            sized = [f"{k}={v}" for k, v in (("policy.head.net.mlp.width", args.width),
+                                             ("policy.head.net.mlp.depth", args.depth), ("total_steps", args.steps),
+                                             ("batch_size", args.batch_size), ("optim.lr", args.lr)) if v is not None]
+            cfg = cfg.with_overrides([f"data.path={data}", f"out_dir={run_dir}", f"policy.head.kind={kind}", *sized,
+                                      *args.overrides])
+            cfg = cfg.with_overrides([f"val_every={cfg.total_steps}", f"checkpoint_every={cfg.total_steps}"])
             ckpt = run_dir / "checkpoints" / "latest"
             train_s = float("nan")
             if not args.eval_only:
                 t0 = time.perf_counter()
-                ckpt = train(cfg, progress=False)
+                ckpt = train(cfg, progress=False, overwrite=True)
                 train_s = time.perf_counter() - t0
             policy = Policy.load(ckpt)
             val = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -125,12 +129,12 @@ def main() -> None:
     p.add_argument("--out", default="outputs/sim_heads")
     p.add_argument("--demos", type=int, default=None, help="demos per task (default: 50 Meta-World, 100 robosuite)")
     p.add_argument("--heads", nargs="+", default=list(VARIANTS))
-    p.add_argument("--steps", type=int, default=6000, help="training steps per head")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--width", type=int, default=256,
-                   help="ResidualMLP width (LFM blocks are narrowed by equal_total_params)")
-    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--steps", type=int, default=None, help="training steps per head (default: the config's, 6000)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the config's (128)")
+    p.add_argument("--lr", type=float, default=None, help="default: the config's (1e-3)")
+    p.add_argument("--width", type=int, default=None,
+                   help="ResidualMLP width (default 256; LFM blocks are narrowed by equal_total_params)")
+    p.add_argument("--depth", type=int, default=None, help="default: the config's (3)")
     p.add_argument("--eval-episodes", type=int, default=50)
     p.add_argument("--overrides", nargs="*", default=[], help="extra key=value for every run")
     p.add_argument("--threads", type=int, default=1)

@@ -62,7 +62,8 @@ def main() -> None:
             [f"data.path={data}", f"out_dir={out / kind}", f"policy.head.kind={kind}", f"total_steps={args.steps}",
              "val_every=100000", "checkpoint_every=100000", *args.overrides])
         t0 = time.perf_counter()
-        ckpt = out / kind / "checkpoints" / "latest" if args.eval_only else train(cfg, progress=False)
+        ckpt = (out / kind / "checkpoints" / "latest" if args.eval_only
+                else train(cfg, progress=False, overwrite=True))
         train_s = float("nan") if args.eval_only else time.perf_counter() - t0
         policy = Policy.load(ckpt)
         solvers = [SolverConfig(method="midpoint", steps=k) for k in args.flow_steps] if kind in ("lfm", "fm") \

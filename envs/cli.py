@@ -41,7 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="output format (default: robomimic for .hdf5/.h5, else zarr)")  # fmt: skip
     p.add_argument("--keep-failed", action="store_true", help="keep failed episodes too")
     p.add_argument("--max-attempts", type=int, default=None, help="give up after this many episodes (default 2N+10)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT if it exists (and discard an interrupted collection of it)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted collection of OUT (same settings; --episodes may grow)")
     p.add_argument("--import", dest="plugins", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (it may register custom tasks); repeatable")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -104,19 +107,28 @@ def _collect(args: argparse.Namespace) -> int:
     )
     bar = tqdm(total=cfg.n_episodes, desc=f"collect {cfg.task}", unit="ep", disable=args.no_progress,
                file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+    first = [True]
 
     def on_episode(ep: Any, kept: bool, n_kept: int, n_discarded: int) -> None:
+        if first[0]:  # a resumed collection starts with the episodes it already has
+            first[0] = False
+            bar.update(n_kept - int(kept) - bar.n)
         if kept:
             bar.update(1)
         bar.set_postfix(discarded=n_discarded, refresh=False)
 
     try:
-        res = collect(cfg, args.out, fmt=fmt, overwrite=args.overwrite, on_episode=on_episode)
-    finally:
+        res = collect(cfg, args.out, fmt=fmt, overwrite=args.overwrite, resume=args.resume, on_episode=on_episode)
+    except BaseException as e:
         bar.close()
+        for note in getattr(e, "__notes__", []):
+            print(note, file=sys.stderr)
+        raise
+    bar.close()
     modes = f"; modes: {', '.join(f'{k} {v}' for k, v in res.modes.items())}" if res.modes else ""
+    resumed = f" ({res.n_resumed} from the interrupted run)" if res.n_resumed else ""
     print(
-        f"wrote {res.n_kept} episodes ({res.n_steps} steps) to {res.path} [{fmt}]; "
+        f"wrote {res.n_kept} episodes{resumed} ({res.n_steps} steps) to {res.path} [{fmt}]; "
         f"discarded {res.n_discarded} failed episode(s); {res.seconds:.1f} s, "
         f"{res.episodes_per_s:.2f} episodes/s{modes}"
     )

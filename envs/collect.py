@@ -11,22 +11,22 @@ Outputs:
   key plus ``action`` float32 (T, Da); root attrs ``task``, ``seeds`` (of the written episodes, in
   order), ``n_discarded``, ``discarded_seeds``, ``modes`` (counts, when the task reports modes),
   ``env_meta`` (when the env has one) and the options; per-episode attrs ``seed``, ``success``, ``mode``.
-* ``robomimic`` — robomimic's HDF5 layout (``env_args``, ``states``, ``model_file``), for tasks whose
-  env has ``env_meta`` and ``get_state`` (robosuite); the collection attrs are stored as JSON in
-  ``data.attrs["lfm_policy_collect"]``.
+* ``robomimic`` — robomimic's HDF5 layout (``env_args``, ``states``, ``model_file``, ``next_obs``), for
+  tasks whose env has ``env_meta`` and ``get_state`` (robosuite); the collection attrs are stored as
+  JSON in ``data.attrs["lfm_policy_collect"]``.
 
-Both are built at a temporary path next to the target and renamed into place only when complete, so
-an interrupted collection never leaves a half-written dataset at the target path.
+Each episode also keeps its final observation (the one after the last action), so ``next_obs`` in an
+exported robomimic file is exact. Both outputs are built in a staging replay buffer next to the target
+(``<OUT>.collect.tmp``) and renamed or exported into place only when complete, so an interrupted
+collection never leaves a half-written dataset at the target path; ``resume=True`` continues an
+interrupted one (:mod:`lfm_policy.envs.collect_output`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-import itertools
-import json
 import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -102,6 +102,7 @@ class CollectResult:
         modes: Count of ``info["mode"]`` over the written episodes (empty if the task has none).
         rollout_wait_seconds: Part of ``seconds`` spent waiting for episodes (the rest is writing).
         rollout_cpu_seconds: CPU time of the rollouts (all episodes, summed over processes).
+        n_resumed: Episodes that an interrupted earlier run had written (``resume=True``).
 
     """
 
@@ -115,6 +116,7 @@ class CollectResult:
     modes: dict[str, int]
     rollout_wait_seconds: float = 0.0
     rollout_cpu_seconds: float = 0.0
+    n_resumed: int = 0
 
     @property
     def episodes_per_s(self) -> float:
@@ -131,13 +133,14 @@ class _Tally:
     env_meta: dict | None = None
     wait_s: float = 0.0
     cpu_s: float = 0.0
+    resumed: int = 0
 
 
 def _kept_episodes(
-    cfg: CollectConfig, recipe: EnvRecipe, tally: _Tally, on_episode: OnEpisode | None
+    cfg: CollectConfig, recipe: EnvRecipe, tally: _Tally, on_episode: OnEpisode | None, start_seed: int
 ) -> Iterator[Episode]:
-    """Yield the episodes to write (in seed order) and count the rest in ``tally``."""
-    episodes = iter_episodes(recipe, range(cfg.seed, cfg.seed + cfg.attempts), workers=cfg.workers)
+    """Yield the episodes to write (in seed order, from ``start_seed``) and count the rest in ``tally``."""
+    episodes = iter_episodes(recipe, range(start_seed, cfg.seed + cfg.attempts), workers=cfg.workers)
     try:
         while len(tally.seeds) < cfg.n_episodes:
             t0 = time.perf_counter()
@@ -169,6 +172,7 @@ def collect(
     *,
     fmt: str = "zarr",
     overwrite: bool = False,
+    resume: bool = False,
     on_episode: OnEpisode | None = None,
 ) -> CollectResult:
     """Collect expert demonstrations and write them to ``out``.
@@ -181,7 +185,9 @@ def collect(
         out: Output path: a zarr replay buffer (``fmt="zarr"``) or a robomimic HDF5 file
             (``fmt="robomimic"``, needs an env with ``get_state`` and ``env_meta``, e.g. robosuite).
         fmt: ``"zarr"`` or ``"robomimic"``.
-        overwrite: Replace an existing ``out``.
+        overwrite: Replace an existing ``out`` (and discard an interrupted collection of it).
+        resume: Continue an interrupted collection of ``out`` (see :mod:`lfm_policy.envs.collect_output`);
+            ``cfg.n_episodes`` may differ from the interrupted run's, the other settings may not.
         on_episode: Called as ``on_episode(episode, kept, n_kept, n_discarded)`` after each rollout.
 
     Returns:
@@ -190,10 +196,12 @@ def collect(
     Raises:
         FileExistsError: ``out`` exists and ``overwrite`` is False.
         DataError: No episode could be kept (nothing is written).
-        LfmPolicyError: Unknown task, bad format, or a task without what the format needs.
+        LfmPolicyError: Unknown task, bad format, a task without what the format needs, or an
+            interrupted collection of ``out`` that is neither resumed nor overwritten.
 
     """
     from lfm_policy.envs import registry
+    from lfm_policy.envs.collect_output import open_staging, publish, staging_path, write_episode
 
     if fmt not in ("zarr", "robomimic"):
         raise LfmPolicyError(f"format must be 'zarr' or 'robomimic', got {fmt!r}")
@@ -202,24 +210,40 @@ def collect(
     registry.task_family(cfg.task)  # unknown task → clear error before any worker starts
     out = Path(out)
     if (out.exists() or out.is_symlink()) and not overwrite:
-        raise FileExistsError(f"{out} exists (pass overwrite / --overwrite to replace it)")
+        done = " (the collection is complete: nothing to resume)" if resume else ""
+        raise FileExistsError(f"{out} exists{done}; pass overwrite / --overwrite to replace it")
     if out.parent.exists() and not out.parent.is_dir():
         raise LfmPolicyError(f"output folder {out.parent} is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)  # as `mkdir -p`: `--out data/new/task.zarr` just works
     start = time.perf_counter()
-    tally = _Tally()
-    recipe = cfg.recipe(record_states=fmt == "robomimic")
-    episodes = _kept_episodes(cfg, recipe, tally, on_episode)
+    buffer, done = open_staging(out, cfg, fmt=fmt, overwrite=overwrite, resume=resume)
+    tally = _Tally(seeds=done.seeds, discarded=done.discarded, modes=Counter(done.modes), n_steps=done.n_steps,
+                   env_meta=done.env_meta, resumed=len(done.seeds))
+    episodes = _kept_episodes(cfg, cfg.recipe(record_states=fmt == "robomimic"), tally, on_episode, done.next_seed)
     try:
-        if fmt == "zarr":
-            _write_zarr(out, cfg, episodes, tally, overwrite)
-        else:
-            _write_robomimic(out, cfg, episodes, tally, overwrite)
+        for ep in episodes:
+            if fmt == "robomimic" and ep.env_meta is None:
+                raise LfmPolicyError(f"task {cfg.task}: --format robomimic needs an env with env_meta (robomimic "
+                                     "env_args), e.g. a robosuite task")
+            write_episode(buffer, ep, fmt=fmt)
+    except BaseException as e:
+        if buffer.n_episodes == 0:
+            buffer.discard()
+        else:  # keep what is committed for --resume
+            buffer.release()
+            e.add_note(f"lfm-policy collect: {buffer.n_episodes} episode(s) are kept in {staging_path(out)}; "
+                       f"continue with --resume")
+        raise
     finally:
         episodes.close()
+    if not tally.seeds:
+        buffer.discard()
+        _check_some_kept(cfg, tally, out)
+    publish(buffer, out, cfg, fmt=fmt, attrs=_attrs(cfg, tally), overwrite=overwrite)
     return CollectResult(
         out, len(tally.seeds), len(tally.discarded), tally.seeds, tally.discarded, tally.n_steps,
         time.perf_counter() - start, dict(sorted(tally.modes.items())), tally.wait_s, tally.cpu_s,
+        tally.resumed,
     )  # fmt: skip
 
 
@@ -250,60 +274,3 @@ def _attrs(cfg: CollectConfig, tally: _Tally) -> dict[str, Any]:
     if tally.env_meta is not None:
         attrs["env_meta"] = tally.env_meta
     return attrs
-
-
-def _write_zarr(out: Path, cfg: CollectConfig, episodes: Iterator[Episode], tally: _Tally, overwrite: bool) -> None:
-    from lfm_policy.datasets.replay_buffer import ReplayBuffer
-
-    buffer = ReplayBuffer.create(out, attrs={"task": cfg.task}, overwrite=overwrite, atomic=True)
-    try:
-        for ep in episodes:
-            data = dict(ep.obs)
-            if "action" in data:
-                raise DataError(f"task {cfg.task}: observation key 'action' clashes with the action array")
-            data["action"] = ep.actions
-            ep_attrs: dict[str, Any] = {"seed": ep.seed, "success": ep.success}
-            if ep.mode is not None:
-                ep_attrs["mode"] = str(ep.mode)
-            buffer.add_episode(data, episode_attrs=ep_attrs)
-        _check_some_kept(cfg, tally, out)
-        buffer.attrs.update(_attrs(cfg, tally))
-    except BaseException:
-        buffer.discard()
-        raise
-    buffer.close()  # publishes: renames the temporary directory to ``out``
-
-
-def _robomimic_episode(ep: Episode) -> dict[str, Any]:
-    return {"obs": ep.obs, "actions": ep.actions, "rewards": ep.rewards, "dones": ep.dones,
-            "states": ep.states, "model_file": ep.model_file or ""}  # fmt: skip
-
-
-def _write_robomimic(
-    out: Path, cfg: CollectConfig, episodes: Iterator[Episode], tally: _Tally, overwrite: bool
-) -> None:
-    """Stream the episodes into a robomimic HDF5 file at a temporary path, then rename it to ``out``."""
-    import h5py
-
-    from lfm_policy.datasets.robomimic_hdf5 import write_robomimic_hdf5
-
-    first = next(episodes, None)
-    if first is None:
-        _check_some_kept(cfg, tally, out)
-    if first.env_meta is None:
-        raise LfmPolicyError(
-            f"task {cfg.task}: --format robomimic needs an env with env_meta (robomimic env_args), "
-            "e.g. a robosuite task"
-        )
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        stream = (_robomimic_episode(ep) for ep in itertools.chain([first], episodes))
-        write_robomimic_hdf5(tmp, stream, env_args=first.env_meta, filters=None)
-        with h5py.File(tmp, "r+") as f:
-            f["data"].attrs["lfm_policy_collect"] = json.dumps(_attrs(cfg, tally))
-        if overwrite and out.is_dir() and not out.is_symlink():
-            shutil.rmtree(out)  # a file is replaced atomically by os.replace, a folder is not
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

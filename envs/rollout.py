@@ -64,6 +64,7 @@ class Episode:
         states: float64 (T, S) simulator states before each action (``record_states`` only).
         model_file: The model XML at episode start (``record_states`` and the env has ``model_xml``).
         env_meta: ``env.env_meta`` (robomimic env_args) when the env has one.
+        final_obs: ``{key: (...)}`` the observation after the last action (robomimic's last ``next_obs``).
         cpu_seconds: CPU time (all threads of the rolling-out process) spent on this episode.
 
     """
@@ -78,6 +79,7 @@ class Episode:
     states: np.ndarray | None = None
     model_file: str | None = None
     env_meta: dict | None = None
+    final_obs: dict[str, np.ndarray] | None = None
     cpu_seconds: float = 0.0
 
     @property
@@ -143,6 +145,7 @@ def rollout_episode(env: Any, expert: Any, seed: int, max_steps: int, *, record_
         states=np.stack(states) if record_states else None,
         model_file=model_file,
         env_meta=dict(env_meta) if env_meta is not None else None,
+        final_obs={k: np.array(v) for k, v in obs.items()},
         cpu_seconds=time.process_time() - cpu_start,
     )
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lfm_policy.ema import ema_update
+from lfm_policy.errors import LfmPolicyError
 from lfm_policy.flow.block import weighted_mean
 from lfm_policy.flow.chain import LocalFlowChain, Solvers
 from lfm_policy.heads.config import DiffusionSampler, HeadConfig
@@ -87,7 +88,11 @@ class FlowHead(ActionHead):
 
     def sample(self, cond, *, noise=None, generator=None, solver=None):
         """Run the blocks in reverse from noise; ``solver`` may differ per block (anytime NFE)."""
-        return self.chain.sample(cond, noise=self._noise(cond, noise, generator), solver=solver)
+        if not self.ready:
+            raise LfmPolicyError(f"lfm head: only {int(self.chain.n_trained)} of {self.chain.n_blocks} blocks are "
+                                 "trained; the chain samples once its last block is training")
+        return self.chain.sample(cond, noise=self._noise(cond, noise, generator), solver=solver,
+                                 require_trained=False)
 
     def nfe(self, solver=None):
         """N × steps × evaluations per step."""
@@ -95,8 +100,9 @@ class FlowHead(ActionHead):
 
     @property
     def ready(self):
-        """All blocks trained."""
-        return int(self.chain.n_trained) >= self.chain.n_blocks
+        """Every block but the last is finished and the last has trained (its EMA copy is used)."""
+        n_trained, last = int(self.chain.n_trained), self.chain.n_blocks - 1
+        return n_trained > last or (n_trained == last and int(self.chain.ema_steps[last]) > 0)
 
     def stage_parameters(self, stage):
         """Only block ``stage`` trains in stage ``stage``."""

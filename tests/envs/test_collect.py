@@ -112,16 +112,6 @@ def test_unknown_task_is_a_one_line_error(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_interrupted_collection_leaves_nothing(tmp_path):
-    def interrupt(ep, kept, n_kept, n_discarded):
-        if n_kept == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        collect(CollectConfig(task="toy/point-obstacle", n_episodes=10), tmp_path / "x.zarr", on_episode=interrupt)
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_killed_collection_never_leaves_a_half_written_output(tmp_path):
     out = tmp_path / "big.zarr"
     cmd = [sys.executable, "-m", "lfm_policy.cli", "collect", "--task", "toy/point-obstacle", "--episodes",
@@ -198,3 +188,111 @@ def test_env_args_reach_the_env_and_bad_ones_are_one_line_errors(tmp_path, capsy
         assert main(argv[:-3] + ["--env-arg", bad, "--out", str(tmp_path / "b.zarr"), "--no-progress"]) == 1
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and ("max_stp" in err or "KEY=VALUE" in err)
+
+
+def _staged(out):
+    return out.with_name(out.name + ".collect.tmp")
+
+
+def _same_buffers(a, b):
+    (buf_a, eps_a), (buf_b, eps_b) = read(a), read(b)
+    assert dict(buf_a.attrs) == dict(buf_b.attrs)
+    assert len(eps_a) == len(eps_b)
+    for x, y in zip(eps_a, eps_b):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    for i in range(buf_a.n_episodes):
+        assert buf_a.get_episode_attrs(i) == buf_b.get_episode_attrs(i)
+        fa, fb = buf_a.get_final_obs(i), buf_b.get_final_obs(i)
+        assert fa.keys() == fb.keys() and all(np.array_equal(fa[k], fb[k]) for k in fa)
+
+
+def test_killed_collection_resumes_to_the_requested_count_with_the_same_seeds(tmp_path, capsys):
+    out, reference = tmp_path / "demo.zarr", tmp_path / "reference.zarr"
+    argv = ["collect", "--task", "test/flaky-toy", "--import", "collect_flaky_plugin", "--episodes", "40",
+            "--seed", "3", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": PLUGIN_DIR + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "lfm_policy.cli", *argv, "--out", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    n = 0
+    try:
+        deadline = time.time() + 60
+        while n < 8:  # kill once a few episodes are committed
+            assert time.time() < deadline and proc.poll() is None
+            if _staged(out).exists():
+                try:
+                    n = ReplayBuffer.open(_staged(out)).n_episodes
+                except Exception:  # noqa: BLE001  (the store is still being created)
+                    pass
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not out.exists() and n < 40
+    assert main([*argv, "--out", str(out)]) == 1  # not resumed, not overwritten: refused
+    err = capsys.readouterr().err
+    assert "interrupted collection" in err and "--resume" in err
+    assert main([*argv, "--seed", "4", "--out", str(out), "--resume"]) == 1
+    assert "seed: 3 there, 4 now" in capsys.readouterr().err
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    assert "from the interrupted run" in capsys.readouterr().out
+    assert not _staged(out).exists()
+    assert main([*argv, "--out", str(reference)]) == 0
+    _same_buffers(out, reference)
+    buf = ReplayBuffer.open(out)
+    assert buf.n_episodes == 40 and buf.attrs["discarded_seeds"][:3] == [3, 6, 9]
+
+
+def test_interrupted_collection_keeps_its_episodes_for_resume(tmp_path):
+    def interrupt(ep, kept, n_kept, n_discarded):
+        if n_kept == 3:
+            raise KeyboardInterrupt
+
+    cfg = CollectConfig(task="toy/point-obstacle", n_episodes=6, seed=2)
+    with pytest.raises(KeyboardInterrupt) as info:
+        collect(cfg, tmp_path / "x.zarr", on_episode=interrupt)
+    assert not (tmp_path / "x.zarr").exists() and "--resume" in info.value.__notes__[0]
+    # the interrupt came while the third episode was being reported, before it was written
+    assert ReplayBuffer.open(_staged(tmp_path / "x.zarr")).n_episodes == 2
+    res = collect(cfg.replace(n_episodes=8), tmp_path / "x.zarr", resume=True)  # and ask for more
+    assert res.n_kept == 8 and res.n_resumed == 2 and res.seeds == list(range(2, 10))
+    collect(cfg.replace(n_episodes=8), tmp_path / "ref.zarr")
+    _same_buffers(tmp_path / "x.zarr", tmp_path / "ref.zarr")
+    with pytest.raises(FileExistsError, match="nothing to resume"):
+        collect(cfg, tmp_path / "x.zarr", resume=True)
+
+
+def test_a_live_collection_is_never_touched(tmp_path):
+    out = tmp_path / "x.zarr"
+    live = ReplayBuffer.create(out, staging=_staged(out), atomic=True)  # this process holds the lock
+    try:
+        for flag in ({}, {"resume": True}, {"overwrite": True}):
+            with pytest.raises(LfmPolicyError, match="another lfm-policy collect"):
+                collect(CollectConfig(task="toy/point-obstacle", n_episodes=1), out, **flag)
+    finally:
+        live.discard()
+
+
+def test_collected_episodes_keep_their_final_observation(tmp_path):
+    out = tmp_path / "x.zarr"
+    collect(CollectConfig(task="toy/point-obstacle", n_episodes=2, seed=5), out)
+    buf = ReplayBuffer.open(out)
+    env = registry.make_env("toy/point-obstacle")
+    ep = buf.get_episode(0)
+    env.reset(seed=5)
+    for a in ep["action"]:
+        obs, *_ = env.step(a)
+    final = buf.get_final_obs(0)
+    np.testing.assert_array_equal(final["agent_pos"], obs["agent_pos"])
+
+
+def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
+    out = tmp_path / "x.zarr"
+    stale_dir = tmp_path / "x.zarr.0123abcd.tmp"  # an older version's staging folder, its writer dead
+    stale_dir.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale_file = tmp_path / f".x.zarr.{int(dead.stdout)}.tmp"  # an HDF5 export killed midway
+    stale_file.write_bytes(b"x")
+    collect(CollectConfig(task="toy/point-obstacle", n_episodes=1), out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.zarr"]

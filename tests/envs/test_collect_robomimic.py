@@ -6,8 +6,10 @@ import h5py
 import numpy as np
 
 from lfm_policy.cli import main
+from lfm_policy.datasets.robomimic_convert import import_robomimic
 from lfm_policy.datasets.robomimic_hdf5 import read_robomimic_hdf5
 from lfm_policy.envs import registry
+from lfm_policy.eval.env_from import read_dataset_env
 
 
 def test_robomimic_hdf5_from_robosuite_lift_replays(tmp_path, capsys):
@@ -22,6 +24,8 @@ def test_robomimic_hdf5_from_robosuite_lift_replays(tmp_path, capsys):
         "5",
         "--out",
         str(out),
+        "--env-arg",
+        "hard_reset=false",  # in-place resets (fast); the hard-reset default is tested with the robosuite envs
         "--no-progress",
     ]
     assert main(argv) == 0
@@ -59,3 +63,9 @@ def test_robomimic_hdf5_from_robosuite_lift_replays(tmp_path, capsys):
     # and the datasets reader accepts it
     episodes = read_robomimic_hdf5(out)
     assert len(list(episodes)) == 2
+    # an import keeps where the data came from: `eval --env-from` rebuilds our env (our renderer's frames)
+    import_robomimic(out, tmp_path / "lift.zarr")
+    for source in (out, tmp_path / "lift.zarr"):
+        env = read_dataset_env(source)
+        assert env.task == "robosuite/Lift" and not env.robomimic_frames
+        assert env.env_kwargs["env_meta"]["env_kwargs"]["hard_reset"] is False

@@ -14,7 +14,8 @@ from lfm_policy.train import TrainConfig
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TASKS = {"toy_lowdim": ("toy/point-obstacle", False), "metaworld_lowdim": ("metaworld/pick-place-v3", False),
          "metaworld_image": ("metaworld/pick-place-v3", True), "robosuite_lowdim": ("robosuite/Lift", False),
-         "robosuite_image": ("robosuite/Lift", True)}
+         "robosuite_image": ("robosuite/Lift", True), "metaworld_lowdim_cpu": ("metaworld/pick-place-v3", False),
+         "robosuite_lowdim_cpu": ("robosuite/Lift", False)}
 
 
 def test_every_config_is_covered():
@@ -45,3 +46,10 @@ def test_config_builds_a_policy_for_its_task(name):
     loss, _ = policy.compute_loss({"obs": obs, "action": torch.rand(2, h, action_dim),
                                    "action_is_pad": torch.zeros(2, h, dtype=torch.bool)})
     assert torch.isfinite(loss)
+
+
+def test_every_config_says_what_it_is_sized_for():
+    for name in TASKS:
+        cfg = TrainConfig.from_json(CONFIGS / f"{name}.json")
+        assert cfg.about, name
+        assert cfg.sized_for == ("cpu" if name.endswith("_cpu") or name == "toy_lowdim" else "gpu"), name

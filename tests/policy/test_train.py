@@ -28,6 +28,22 @@ def metrics(out):
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
+def kill_after_checkpoint(proc, train_state, min_step, timeout=120.0):
+    """SIGKILL ``proc`` once its checkpoint ``train_state`` (train_state.json) is at ``min_step``; its step."""
+    deadline, step = time.time() + timeout, 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            step = json.loads(train_state.read_text())["progress"]["global_step"]
+        except (json.JSONDecodeError, KeyError, FileNotFoundError):
+            pass
+        if step >= min_step:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return step
+
+
 def test_train_save_load_predict_end_to_end(toy_zarr, tmp_path):
     out = tmp_path / "run"
     path = train(tiny_config(toy_zarr, out), progress=False)
@@ -58,19 +74,7 @@ def test_resume_after_kill_continues_mid_chain(toy_zarr, tmp_path):
     cmd = [sys.executable, "-m", "lfm_policy.cli", "train", "--config", str(cfg_path), "--no-progress"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     latest = out / "checkpoints" / "latest" / "train_state.json"
-    deadline = time.time() + 120
-    step = 0
-    while time.time() < deadline and proc.poll() is None:  # kill once block 2 (stage 1) is under way
-        if latest.exists():
-            try:
-                step = json.loads(latest.read_text())["progress"]["global_step"]
-            except (json.JSONDecodeError, KeyError, FileNotFoundError):
-                pass
-            if step >= 110:
-                break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    step = kill_after_checkpoint(proc, latest, 110)  # once block 2 (stage 1) is under way
     assert 110 <= step < 300, step
     saved = json.loads(latest.read_text())["progress"]
     assert saved["stage"] == 1 and saved["stage_started"]

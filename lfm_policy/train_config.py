@@ -1,0 +1,111 @@
+"""Typed configs of ``lfm-policy train``: data, optimizer and the whole run (``TrainConfig``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lfm_policy.config import Config, check
+from lfm_policy.errors import LfmPolicyError
+from lfm_policy.policy import PolicyConfig
+
+
+@dataclass
+class DataConfig(Config):
+    """Where the demonstrations are and how they are split."""
+
+    path: str = ""
+    obs_keys: tuple[str, ...] = ()
+    action_key: str = "action"
+    val_ratio: float = 0.1
+    max_train_episodes: int | None = None
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        self.obs_keys = tuple(self.obs_keys)
+        check(0 <= self.val_ratio < 1, "val_ratio", f"must be in [0, 1), got {self.val_ratio}")
+        check(self.num_workers >= 0, "num_workers", "must be ≥ 0")
+
+
+@dataclass
+class OptimConfig(Config):
+    """AdamW with linear warm-up and cosine decay per stage (Diffusion Policy's defaults)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    betas: tuple[float, float] = (0.95, 0.999)
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        check(self.lr > 0, "lr", "must be > 0")
+        check(self.warmup_steps >= 0, "warmup_steps", "must be ≥ 0")
+        check(self.grad_clip >= 0, "grad_clip", "must be ≥ 0 (0 disables clipping)")
+
+
+@dataclass
+class TrainConfig(Config):
+    """Everything ``lfm-policy train`` reads.
+
+    Attributes:
+        total_steps: Optimizer steps over all stages (split evenly, so LFM and FM get equal budgets).
+        stage_steps: Explicit steps per stage (overrides ``total_steps``).
+        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda[:i]``.
+        amp: bf16 autocast on CUDA.
+        compile: ``torch.compile`` the policy's training forward.
+        val_every / val_batches: Validation cadence and size (loss, action error, NLL of flow heads).
+        checkpoint_every: Steps between ``latest`` checkpoints.
+        keep_best: Best checkpoints (by validation action error in the last stage) to keep.
+        rollout_every: Roll the policy out on ``rollout_task`` every this many steps once the head can
+            sample (an LFM head: after its last block), and always at the end; 0 disables rollouts.
+        rollout_task: Registered task for those rollouts (``lfm_policy.eval.Evaluator``; seeds from 100000).
+        rollout_episodes: Episodes per rollout evaluation.
+        sized_for: ``cpu`` or ``gpu``: the machine the config's network and batch are sized for
+            (training a ``gpu`` config on a CPU logs a warning naming the CPU sibling).
+        about: One line on what the config is for and its measured cost (shown in that warning).
+
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    out_dir: str = "runs/default"
+    total_steps: int = 20000
+    stage_steps: tuple[int, ...] | None = None
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    compile: bool = False
+    log_every: int = 50
+    val_every: int = 1000
+    val_batches: int = 4
+    checkpoint_every: int = 1000
+    keep_best: int = 2
+    rollout_every: int = 0
+    rollout_task: str = ""
+    rollout_episodes: int = 10
+    sized_for: str = "cpu"
+    about: str = ""
+
+    def __post_init__(self) -> None:
+        check(self.sized_for in ("cpu", "gpu"), "sized_for", f"must be 'cpu' or 'gpu', got {self.sized_for!r}")
+        check(self.total_steps >= 1, "total_steps", "must be ≥ 1")
+        if self.stage_steps is not None:
+            self.stage_steps = tuple(int(s) for s in self.stage_steps)
+            check(all(s >= 1 for s in self.stage_steps), "stage_steps", "every entry must be ≥ 1")
+        check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+        for name in ("log_every", "val_every", "checkpoint_every"):
+            check(getattr(self, name) >= 1, name, "must be ≥ 1")
+        check(self.keep_best >= 0, "keep_best", "must be ≥ 0")
+        check(self.rollout_every >= 0 and self.rollout_episodes >= 1, "rollout_every/rollout_episodes",
+              "rollout_every must be ≥ 0 and rollout_episodes ≥ 1")
+        check(not self.rollout_every or bool(self.rollout_task), "rollout_task", "needed when rollout_every > 0")
+
+    def steps_for(self, n_stages: int) -> list[int]:
+        """Steps of each stage."""
+        if self.stage_steps is not None:
+            if len(self.stage_steps) != n_stages:
+                raise LfmPolicyError(f"stage_steps has {len(self.stage_steps)} entries for {n_stages} stages")
+            return list(self.stage_steps)
+        return [max(1, self.total_steps // n_stages)] * n_stages
