@@ -32,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nfe", type=int, nargs="+", default=None, metavar="STEPS",
                    help="solver steps per flow block (NFE = blocks × steps × evaluations per step), or DDIM "
                         "steps of a diffusion head; several values run one evaluation each into OUT/steps-<k>/")
-    p.add_argument("--solver", choices=("euler", "midpoint", "heun", "rk4", "ddim", "ddpm"), default=None,
-                   help="fixed-step solver of the flow blocks, or ddim/ddpm for a diffusion head "
+    p.add_argument("--solver", default=None, metavar="SOLVER",
+                   help="euler/midpoint/heun/rk4 for the flow blocks, student for distilled blocks, one per block "
+                        "as a list (student,student,midpoint:2), or ddim/ddpm for a diffusion head "
                         "(default: the checkpoint's)")
     p.add_argument("--images", action="store_true",
                    help="make the env with camera observations (automatic for a policy that takes images)")
@@ -67,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _solver_runs(policy: Any, nfe: list[int] | None, method: str | None) -> list[tuple[str | None, Any]]:
     """(subdirectory, solver) per evaluation; solver None means the checkpoint's own."""
     from lfm_policy.errors import LfmPolicyError
-    from lfm_policy.flow.solvers import SolverConfig
+    from lfm_policy.flow.solvers import STUDENT, SolverConfig
     from lfm_policy.heads import DiffusionSampler
 
     if nfe is None and method is None:
@@ -88,18 +89,47 @@ def _solver_runs(policy: Any, nfe: list[int] | None, method: str | None) -> list
     chain = getattr(policy.head, "chain", None)
     if chain is None or method in diffusion:
         raise LfmPolicyError(f"--nfe/--solver {method or ''} do not apply to this checkpoint's head ({kind!r}): "
-                             "euler/midpoint/heun/rk4 for lfm and fm, ddim/ddpm for diffusion")
-    default = chain.config.sample_solver
-    method = method or default.method
-    steps = nfe or [default.steps]
-    runs = [(f"steps-{s}" if len(steps) > 1 else None, SolverConfig(method=method, steps=int(s))) for s in steps]
-    return runs
+                             "euler/midpoint/heun/rk4/student for lfm and fm, ddim/ddpm for diffusion")
+    if method is not None and "," in method:  # one solver per block
+        if nfe is not None:
+            raise LfmPolicyError("--nfe does not combine with a per-block --solver list (give METHOD:STEPS there)")
+        solvers = [SolverConfig.parse(t) for t in method.split(",")]
+        _check_solvers(chain, solvers)
+        return [(None, solvers)]
+    if method is None:  # --nfe alone: the steps of every ODE block of the default; distilled blocks stay students
+        per_block = chain.solvers()
+        return [(f"steps-{s}" if len(nfe) > 1 else None,
+                 [b if b.method == STUDENT else SolverConfig(method=b.method, steps=int(s)) for b in per_block])
+                for s in nfe]
+    solver = SolverConfig.parse(method)
+    if solver.method == STUDENT:
+        if nfe is not None:
+            raise LfmPolicyError("--nfe: a student has the steps it was distilled with")
+        _check_solvers(chain, solver)
+        return [(None, solver)]
+    steps = nfe or [solver.steps if ":" in method else chain.config.sample_solver.steps]
+    return [(f"steps-{s}" if len(steps) > 1 else None, SolverConfig(method=solver.method, steps=int(s))) for s in steps]
 
 
-def _effective_solver(policy: Any, solver: Any) -> dict | None:
-    """The solver a run samples with: the one asked for, else the checkpoint's own (None: one-shot head)."""
+def _check_solvers(chain: Any, solvers: Any) -> None:
+    from lfm_policy.errors import LfmPolicyError
+
+    try:
+        chain.solvers(solvers)
+    except ValueError as e:
+        raise LfmPolicyError(f"--solver: {e}") from None
+
+
+def _effective_solver(policy: Any, solver: Any) -> dict | list[dict] | None:
+    """The solver a run samples with: the one asked for, else the checkpoint's own (None: one-shot head).
+
+    A flow chain's per-block solvers (a distilled chain, or a per-block ``--solver``) are a list, one per
+    block; a single solver for every block is one dict.
+    """
     from lfm_policy.heads import DiffusionSampler
 
+    if isinstance(solver, (list, tuple)):
+        return [s.to_dict() for s in solver]
     if solver is not None:
         return solver.to_dict()
     if policy.config.head.kind == "diffusion":
@@ -107,7 +137,10 @@ def _effective_solver(policy: Any, solver: Any) -> dict | None:
         steps = policy.nfe(DiffusionSampler("ddim")) if sampler == "ddim" else None
         return DiffusionSampler(sampler, steps).to_dict()
     chain = getattr(policy.head, "chain", None)
-    return chain.config.sample_solver.to_dict() if chain is not None else None
+    if chain is None:
+        return None
+    per_block = chain.solvers()
+    return per_block[0].to_dict() if all(s == per_block[0] for s in per_block) else [s.to_dict() for s in per_block]
 
 
 def _environment(args: argparse.Namespace, images: bool) -> tuple[str, dict[str, Any], str]:

@@ -122,13 +122,15 @@ def paired_table(records: Sequence[dict[str, Any]], names: Sequence[str]) -> tup
     return "\n".join(rows), stats
 
 
-def solver_text(solver: dict[str, Any] | None) -> str:
-    """``midpoint×4``, ``ddim×10``, ``ddpm`` or ``checkpoint default``."""
+def solver_text(solver: dict[str, Any] | list[dict[str, Any]] | None) -> str:
+    """``midpoint×4``, ``ddim×10``, ``ddpm``, ``student``, per block ``[student, student, midpoint×2]``."""
+    if isinstance(solver, list):
+        return "[" + ", ".join(solver_text(s) for s in solver) + "]"
     if not solver:
         return "checkpoint default"
     method = solver.get("method") or solver.get("sampler") or "?"
     steps = solver.get("steps")
-    return f"{method}×{steps}" if steps else str(method)
+    return f"{method}×{steps}" if steps and method != "student" else str(method)
 
 
 def compare_plot(records: Sequence[dict[str, Any]], names: Sequence[str], path: str | Path) -> Path:

@@ -6,7 +6,6 @@ with ``environment`` set to ``"unknown"``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import time
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from lfm_policy.checkpoint import sha256_file
 from lfm_policy.config import atomic_write_text
 from lfm_policy.errors import LfmPolicyError
 from lfm_policy.eval.compare import solver_text
@@ -27,18 +27,6 @@ READABLE_SCHEMAS = (1, 2)
 SIMULATORS = ("mujoco", "robosuite", "robomimic", "metaworld")
 RESULTS = "results.json"
 REPORT = "report.md"
-
-
-def sha256_file(path: str | Path) -> str | None:
-    """Hex sha256 of a file (None when it does not exist)."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def versions() -> dict[str, str]:

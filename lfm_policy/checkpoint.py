@@ -7,6 +7,7 @@ place, so an interrupted save never leaves a half checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -102,6 +103,52 @@ def load_policy(path: str | os.PathLike, *, map_location: str = "cpu",
     except RuntimeError as e:
         raise CheckpointError(f"{path / WEIGHTS}: weights do not match {META} ({str(e).splitlines()[0]})") from None
     return policy.to(map_location).eval()
+
+
+def sha256_file(path: str | Path) -> str | None:
+    """Hex sha256 of a file (None when it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+#: Weights a policy may have that its ``init_from`` checkpoint lacks: distilled students (new modules).
+NEW_MODULE_PREFIXES = ("head.chain.students.", "head.chain.ema_students.", "head.chain.student_")
+
+
+def init_weights(policy: Policy, checkpoint: str | os.PathLike, *, map_location: str = "cpu") -> None:
+    """Load ``checkpoint``'s weights and normalizer into ``policy`` (same spec; only new modules may be absent).
+
+    Raises:
+        CheckpointError: Other observations or action size, weights of another architecture, or (when
+            the policy distills this checkpoint) weights that changed since the distillation was set up.
+
+    """
+    from safetensors.torch import load_file
+
+    meta = read_checkpoint_meta(checkpoint)
+    spec = PolicySpec.from_dict(meta["spec"], where=str(checkpoint))
+    check_spec(spec, dict(policy.spec.obs_shapes), checkpoint)
+    if spec.action_dim != policy.spec.action_dim:
+        raise CheckpointError(f"{checkpoint}: action_dim {spec.action_dim}, the data has {policy.spec.action_dim}")
+    distill = policy.config.head.distill
+    if distill is not None and distill.teacher_sha256:
+        got = sha256_file(Path(checkpoint) / WEIGHTS)
+        if got != distill.teacher_sha256:
+            raise CheckpointError(f"{checkpoint}: weights changed since the distillation was set up (sha256 "
+                                  f"{(got or 'missing')[:12]}, expected {distill.teacher_sha256[:12]})")
+    state = load_file(str(Path(checkpoint) / WEIGHTS), device=map_location)
+    result = policy.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(NEW_MODULE_PREFIXES)]
+    if missing or result.unexpected_keys:
+        what, bad = ("missing", missing[0]) if missing else ("unexpected", result.unexpected_keys[0])
+        raise CheckpointError(f"{checkpoint}: its weights do not fit this policy ({what} {bad!r}); init_from "
+                              "needs a checkpoint of the same architecture")
 
 
 def check_spec(spec: PolicySpec, obs_shapes: dict[str, tuple[int, ...]], where: Path | str) -> None:

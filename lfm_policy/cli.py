@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = (
     "lfm_policy.datasets.cli",
     "lfm_policy.envs.cli",
     "lfm_policy.train_cli",
+    "lfm_policy.distill_cli",
     "lfm_policy.eval.cli",
 )
 

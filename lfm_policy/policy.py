@@ -173,7 +173,9 @@ class Policy(nn.Module):
 
     # --------------------------------------------------------------------------------- training
     def encoder_trains(self, stage: int) -> bool:
-        """Whether the encoder is optimized in ``stage`` (``encoder_training``)."""
+        """Whether the encoder is optimized in ``stage`` (``encoder_training``; never while distilling)."""
+        if self.config.head.distill is not None:
+            return False
         return stage == 0 or self.config.encoder_training == "every_stage"
 
     def compute_loss(self, batch: Mapping, *, stage: int = 0,

@@ -63,6 +63,9 @@ class TrainConfig(Config):
         sized_for: ``cpu`` or ``gpu``: the machine the config's network and batch are sized for
             (training a ``gpu`` config on a CPU logs a warning naming the CPU sibling).
         about: One line on what the config is for and its measured cost (shown in that warning).
+        init_from: Checkpoint whose weights (and normalizer) the policy starts from, e.g. the teacher of
+            a distillation (``lfm-policy distill``); the policy's own new modules (students) are the
+            only weights it may lack.
 
     """
 
@@ -87,6 +90,7 @@ class TrainConfig(Config):
     rollout_episodes: int = 10
     sized_for: str = "cpu"
     about: str = ""
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         check(self.sized_for in ("cpu", "gpu"), "sized_for", f"must be 'cpu' or 'gpu', got {self.sized_for!r}")

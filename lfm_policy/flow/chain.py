@@ -33,7 +33,7 @@ from lfm_policy.ema import EMAConfig, ema_update
 from lfm_policy.flow.block import TIME_SAMPLINGS, FlowBlock
 from lfm_policy.flow.interpolants import INTERPOLANTS
 from lfm_policy.flow.schedule import OUSchedule, ou_step
-from lfm_policy.flow.solvers import SolverConfig
+from lfm_policy.flow.solvers import STUDENT, SolverConfig
 
 
 @dataclass
@@ -50,6 +50,10 @@ class ChainConfig(Config):
         warm_start: Initialise block n from block n−1's EMA weights.
         push_solver: Solver used to push data through earlier blocks during training.
         sample_solver: Default solver for generation (overridable per call).
+        sample_solvers: Default solver per block (overrides ``sample_solver``), e.g. ``student`` for the
+            distilled blocks and a 2-step ODE for the free block.
+        student_steps: Steps of each block's distilled student (0: the block has none), see
+            :mod:`lfm_policy.flow.distill`. Set by distillation; it decides which modules exist.
         ema: EMA schedule, one EMA copy per block (used for pushing and sampling).
 
     """
@@ -63,6 +67,8 @@ class ChainConfig(Config):
     warm_start: bool = True
     push_solver: SolverConfig = field(default_factory=lambda: SolverConfig(method="midpoint", steps=4))
     sample_solver: SolverConfig = field(default_factory=lambda: SolverConfig(method="midpoint", steps=4))
+    sample_solvers: tuple[SolverConfig, ...] | None = None
+    student_steps: tuple[int, ...] | None = None
     ema: EMAConfig = field(default_factory=EMAConfig)
 
     def __post_init__(self) -> None:
@@ -79,6 +85,24 @@ class ChainConfig(Config):
             check(all(g > 0 for g in self.gammas), "gammas", "every step size must be > 0")
         check(self.interpolant in INTERPOLANTS, "interpolant", f"choose from {sorted(INTERPOLANTS)}")
         check(self.time_sampling in TIME_SAMPLINGS, "time_sampling", f"choose from {TIME_SAMPLINGS}")
+        if self.student_steps is not None:
+            self.student_steps = tuple(int(k) for k in self.student_steps)
+            check(len(self.student_steps) == self.n_blocks and all(k >= 0 for k in self.student_steps),
+                  "student_steps", f"needs one count ≥ 0 per block ({self.n_blocks}), got {self.student_steps}")
+        if self.sample_solvers is not None:
+            self.sample_solvers = tuple(SolverConfig.from_dict(v) if isinstance(v, dict) else v
+                                        for v in self.sample_solvers)
+            check(len(self.sample_solvers) == self.n_blocks, "sample_solvers",
+                  f"needs one solver per block ({self.n_blocks}), got {len(self.sample_solvers)}")
+        for n, sv in enumerate(self.sample_solvers or ()):
+            check(sv.method != STUDENT or self.student(n) > 0, "sample_solvers",
+                  f"block {n} has no distilled student to sample with")
+        check(self.sample_solver.method != STUDENT or all(self.student(n) for n in range(self.n_blocks)),
+              "sample_solver", "'student' needs a student for every block (or set sample_solvers per block)")
+
+    def student(self, n: int) -> int:
+        """Steps of block n's student (0: none)."""
+        return self.student_steps[n] if self.student_steps is not None else 0
 
     @property
     def schedule(self) -> OUSchedule:
@@ -120,6 +144,15 @@ class LocalFlowChain(nn.Module):
         # Progress lives in buffers so that it is saved with the weights (resume mid-chain).
         self.register_buffer("n_trained", torch.zeros((), dtype=torch.long))
         self.register_buffer("ema_steps", torch.zeros(n, dtype=torch.long))
+        # Distilled students (lfm_policy.flow.distill): a copy of the block whose Euler-k reverse map is
+        # trained to match the block's accurate reverse transport; EMA copies sample.
+        distilled = [i for i in range(n) if self.config.student(i)]
+        self.students = nn.ModuleDict({str(i): copy.deepcopy(self.blocks[i]) for i in distilled})
+        self.ema_students = nn.ModuleDict({str(i): copy.deepcopy(self.blocks[i]) for i in distilled})
+        self.ema_students.requires_grad_(False)
+        if distilled:
+            self.register_buffer("student_ema_steps", torch.zeros(n, dtype=torch.long))
+            self.register_buffer("student_done", torch.zeros(n, dtype=torch.bool))
 
     @property
     def n_blocks(self) -> int:
@@ -146,6 +179,29 @@ class LocalFlowChain(nn.Module):
         """One EMA update of block n after an optimizer step."""
         self.ema_steps[n] += 1
         ema_update(self.ema_blocks[n], self.blocks[n], self.config.ema.decay(int(self.ema_steps[n])))
+
+    def begin_student(self, n: int) -> None:
+        """Start block n's student (and its EMA copy) from the teacher block's EMA weights."""
+        self._check_student(n)
+        self.students[str(n)].load_state_dict(self.ema_blocks[n].state_dict())
+        self.ema_students[str(n)].load_state_dict(self.ema_blocks[n].state_dict())
+        self.student_ema_steps[n] = 0
+
+    def update_student_ema(self, n: int) -> None:
+        """One EMA update of block n's student after an optimizer step."""
+        self.student_ema_steps[n] += 1
+        ema_update(self.ema_students[str(n)], self.students[str(n)],
+                   self.config.ema.decay(int(self.student_ema_steps[n])))
+
+    def finish_student(self, n: int) -> None:
+        """Mark block n's student as distilled (later students see its output on the student path)."""
+        self._check_student(n)
+        self.student_done[n] = True
+
+    def _check_student(self, n: int) -> None:
+        self._check_index(n)
+        if not self.config.student(n):
+            raise IndexError(f"block {n} has no student (student_steps={self.config.student_steps})")
 
     @torch.no_grad()
     def push(
@@ -208,19 +264,31 @@ class LocalFlowChain(nn.Module):
 
     # --------------------------------------------------------------------------------- generation
     def solvers(self, solver: Solvers | None = None) -> list[SolverConfig]:
-        """One solver per block (a single config is used for every block)."""
-        solver = solver or self.config.sample_solver
+        """One solver per block (a single config is used for every block; default: the config's)."""
+        solver = solver or self.config.sample_solvers or self.config.sample_solver
         if isinstance(solver, SolverConfig):
-            return [solver] * self.n_blocks
+            solver = [solver] * self.n_blocks
         solver = list(solver)
         if len(solver) != self.n_blocks:
             raise ValueError(f"got {len(solver)} solvers for a chain of {self.n_blocks} blocks")
+        for n, s in enumerate(solver):
+            if s.method == STUDENT and not self.config.student(n):
+                raise ValueError(f"block {n} has no distilled student (distilled blocks: "
+                                 f"{[i for i in range(self.n_blocks) if self.config.student(i)]})")
         return solver
 
     def nfe(self, solver: Solvers | None = None) -> int | None:
         """Network evaluations for one sample with this solver setting (None if adaptive)."""
-        counts = [s.nfe for s in self.solvers(solver)]
+        counts = [self.config.student(n) if s.method == STUDENT else s.nfe for n, s in enumerate(self.solvers(solver))]
         return None if any(c is None for c in counts) else sum(counts)
+
+    def reverse_block(self, n: int, x: torch.Tensor, cond: torch.Tensor | None, solver: SolverConfig, *,
+                      use_ema: bool = True) -> torch.Tensor:
+        """Block n's reverse map (t: 1→0) with ``solver``; ``student`` runs its distilled student."""
+        if solver.method == STUDENT:
+            student = (self.ema_students if use_ema else self.students)[str(n)]
+            return student.reverse_transport(x, cond, SolverConfig(method="euler", steps=self.config.student(n)))
+        return (self.ema_blocks if use_ema else self.blocks)[n].reverse_transport(x, cond, solver)
 
     @torch.no_grad()
     def sample(
@@ -258,10 +326,9 @@ class LocalFlowChain(nn.Module):
             device = cond.device if cond is not None else self.n_trained.device
             noise = torch.randn((b, *self.event_shape), generator=generator, device=device)
         self._check_batch(noise, cond)
-        blocks = self.ema_blocks if use_ema else self.blocks
         x = noise
         for n, s in reversed(list(enumerate(self.solvers(solver)))):
-            x = blocks[n].reverse_transport(x, cond, s)
+            x = self.reverse_block(n, x, cond, s, use_ema=use_ema)
         return x
 
     # ------------------------------------------------------------------------------------ helpers

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 
 import torch
 
-from lfm_policy.config import Config, check
+from lfm_policy.config import Config, ConfigError, check
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Network evaluations per step of each fixed-step method.
 EVALS_PER_STEP: dict[str, int] = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
 ADAPTIVE_METHODS = ("dopri5",)
+#: Not an ODE solver: the block's distilled student (its own step count; see ``lfm_policy.flow.distill``).
+STUDENT = "student"
 
 
 @dataclass
@@ -27,8 +29,9 @@ class SolverConfig(Config):
     """How to integrate one block.
 
     Attributes:
-        method: ``euler``, ``midpoint``, ``heun``, ``rk4`` (fixed step) or ``dopri5`` (adaptive).
-        steps: Steps per block for fixed-step methods (≥ 1).
+        method: ``euler``, ``midpoint``, ``heun``, ``rk4`` (fixed step), ``dopri5`` (adaptive), or
+            ``student``: the block's distilled one-step (k-step) student instead of its ODE.
+        steps: Steps per block for fixed-step methods (≥ 1; a student has its own).
         rtol: Relative tolerance of the adaptive method.
         atol: Absolute tolerance of the adaptive method.
 
@@ -40,11 +43,8 @@ class SolverConfig(Config):
     atol: float = 1e-5
 
     def __post_init__(self) -> None:
-        check(
-            self.method in EVALS_PER_STEP or self.method in ADAPTIVE_METHODS,
-            "method",
-            f"unknown solver {self.method!r}; choose from {sorted(EVALS_PER_STEP) + list(ADAPTIVE_METHODS)}",
-        )
+        known = [*sorted(EVALS_PER_STEP), *ADAPTIVE_METHODS, STUDENT]
+        check(self.method in known, "method", f"unknown solver {self.method!r}; choose from {known}")
         check(isinstance(self.steps, int) and self.steps >= 1, "steps", f"must be an int ≥ 1, got {self.steps}")
         check(self.rtol > 0 and self.atol > 0, "rtol/atol", "must be > 0")
 
@@ -55,8 +55,21 @@ class SolverConfig(Config):
 
     @property
     def nfe(self) -> int | None:
-        """Network evaluations to integrate one block (None for adaptive methods: data dependent)."""
-        return None if self.adaptive else self.steps * EVALS_PER_STEP[self.method]
+        """Network evaluations to integrate one block (None for adaptive methods: data dependent).
+
+        For ``student`` the count belongs to the block's student; :meth:`LocalFlowChain.nfe` knows it.
+        """
+        if self.adaptive or self.method == STUDENT:
+            return None
+        return self.steps * EVALS_PER_STEP[self.method]
+
+    @classmethod
+    def parse(cls, text: str) -> SolverConfig:
+        """``"midpoint:2"`` → midpoint with 2 steps, ``"rk4"`` → rk4 with the default steps, ``"student"``."""
+        method, _, steps = text.strip().partition(":")
+        if steps and not steps.isdigit():
+            raise ConfigError(f"solver {text!r}: expected METHOD or METHOD:STEPS, e.g. midpoint:2")
+        return cls(method=method, steps=int(steps)) if steps else cls(method=method)
 
 
 def _step(f: VelocityFn, x: torch.Tensor, t: torch.Tensor, h: torch.Tensor, method: str) -> torch.Tensor:
@@ -129,6 +142,8 @@ def integrate_adaptive(
 
 def integrate(f: VelocityFn, x: torch.Tensor, t0: float, t1: float, solver: SolverConfig) -> torch.Tensor:
     """Integrate from t0 to t1 with the method and steps of ``solver``."""
+    if solver.method == STUDENT:
+        raise ValueError("method 'student' is not an ODE solver: only a chain block with a distilled student has it")
     if solver.adaptive:
         return integrate_adaptive(f, x, t0, t1, rtol=solver.rtol, atol=solver.atol)[0]
     return integrate_fixed(f, x, t0, t1, method=solver.method, steps=solver.steps)

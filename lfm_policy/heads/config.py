@@ -10,6 +10,7 @@ from torch import nn
 from lfm_policy.config import Config, check
 from lfm_policy.ema import EMAConfig
 from lfm_policy.flow.chain import ChainConfig
+from lfm_policy.flow.distill import DistillConfig
 from lfm_policy.flow.solvers import SolverConfig
 from lfm_policy.nets.transformer import TransformerConfig
 from lfm_policy.nets.unet1d import Unet1DConfig
@@ -138,6 +139,8 @@ class HeadConfig(Config):
             training actions under the trainer's min-max normalization — before unnormalizing (as
             Diffusion Policy's ``clip_sample``, for every head). Guards the robot against the rare
             out-of-range chunk of an imperfect sampler.
+        distill: For ``lfm``/``fm``: the blocks have distilled students (``lfm-policy distill``); the
+            head's stages then train the students, one per distilled block, from a trained teacher.
 
     """
 
@@ -148,17 +151,28 @@ class HeadConfig(Config):
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     clip_sample: bool = True
+    distill: DistillConfig | None = None
 
     def __post_init__(self) -> None:
         check(self.kind in HEAD_KINDS, "kind", f"choose from {HEAD_KINDS}, got {self.kind!r}")
         check(self.chain.ema == EMAConfig(), "chain.ema", "set the EMA under head.ema (it serves every head)")
+        check(self.distill is None or self.kind in ("lfm", "fm"), "distill", "only flow heads (lfm, fm) distill")
+        check(self.kind != "fm" or self.chain.n_blocks == 1 or self.chain.student_steps is None, "chain",
+              "an fm head with students needs chain.n_blocks = 1")
+        if self.distill is not None:
+            _ = self.chain_config  # validates the distilled blocks and per-block solvers against the chain
 
     @property
     def chain_config(self) -> ChainConfig:
-        """The chain used by flow heads (N = 1 for ``fm``)."""
+        """The chain used by flow heads (N = 1 for ``fm``; students where ``distill`` says)."""
         n_blocks = 1 if self.kind == "fm" else self.chain.n_blocks
         gammas = None if self.kind == "fm" else self.chain.gammas
-        return dataclasses.replace(self.chain, n_blocks=n_blocks, gammas=gammas, ema=self.ema)
+        students = self.chain.student_steps
+        if self.distill is not None:
+            blocks = set(self.distill.block_list(n_blocks))
+            students = tuple(self.distill.steps if n in blocks else 0 for n in range(n_blocks))
+        return dataclasses.replace(self.chain, n_blocks=n_blocks, gammas=gammas, ema=self.ema,
+                                   student_steps=students)
 
     def block_net_config(self, event_shape: tuple[int, int], cond_dim: int) -> NetConfig:
         """Network config of one flow block.

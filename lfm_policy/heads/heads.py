@@ -17,6 +17,8 @@ from lfm_policy.ema import ema_update
 from lfm_policy.errors import LfmPolicyError
 from lfm_policy.flow.block import weighted_mean
 from lfm_policy.flow.chain import LocalFlowChain, Solvers
+from lfm_policy.flow.distill import PairReplay, distill_loss
+from lfm_policy.flow.solvers import STUDENT, SolverConfig
 from lfm_policy.heads.config import DiffusionSampler, HeadConfig
 
 
@@ -80,10 +82,20 @@ class FlowHead(ActionHead):
         net_cfg = config.block_net_config(self.event_shape, cond_dim)
         self.chain = LocalFlowChain(lambda n: net_cfg.build(self.event_shape, cond_dim), self.event_shape,
                                     config.chain_config)
-        self.n_stages = self.chain.n_blocks
+        self.distill = config.distill
+        # Distillation (lfm_policy.flow.distill): stage s trains the student of block order[s].
+        self.order = self.distill.block_list(self.chain.n_blocks) if self.distill is not None else []
+        self.n_stages = len(self.order) if self.distill is not None else self.chain.n_blocks
+        self._replay: tuple[int, PairReplay | None] | None = None  # (stage, replay of generated pairs)
 
     def loss(self, action, cond, *, stage=0, weight=None, generator=None):
-        """Flow-matching loss of block ``stage`` (pushforward through earlier blocks inside)."""
+        """Flow-matching loss of block ``stage`` (pushforward inside), or the student's distillation loss."""
+        if self.distill is not None:
+            if self._replay is None or self._replay[0] != stage:
+                self._replay = (stage, PairReplay(self.distill.replay_size) if self.distill.reuse > 1 else None)
+            replay = self._replay[1] if self.training else None  # validation pairs stay out of the replay
+            return distill_loss(self.chain, self.order[stage], action, cond, self.distill, replay=replay,
+                                generator=generator)
         return self.chain.loss(stage, action, cond, weight=weight, generator=generator)
 
     def sample(self, cond, *, noise=None, generator=None, solver=None):
@@ -91,8 +103,17 @@ class FlowHead(ActionHead):
         if not self.ready:
             raise LfmPolicyError(f"lfm head: only {int(self.chain.n_trained)} of {self.chain.n_blocks} blocks are "
                                  "trained; the chain samples once its last block is training")
+        if solver is None and self.distill is not None:
+            solver = self._solvers_while_distilling()
         return self.chain.sample(cond, noise=self._noise(cond, noise, generator), solver=solver,
                                  require_trained=False)
+
+    def _solvers_while_distilling(self) -> list[SolverConfig]:
+        """The default solvers, with the teacher's ODE for blocks whose student has not started yet."""
+        chain = self.chain
+        ode = chain.config.sample_solver if chain.config.sample_solver.method != STUDENT else SolverConfig()
+        return [ode if s.method == STUDENT and not (bool(chain.student_done[n]) or int(chain.student_ema_steps[n]))
+                else s for n, s in enumerate(chain.solvers())]
 
     def nfe(self, solver=None):
         """N × steps × evaluations per step."""
@@ -105,19 +126,27 @@ class FlowHead(ActionHead):
         return n_trained > last or (n_trained == last and int(self.chain.ema_steps[last]) > 0)
 
     def stage_parameters(self, stage):
-        """Only block ``stage`` trains in stage ``stage``."""
+        """Only block ``stage`` trains in stage ``stage`` (distilling: only that stage's student)."""
+        if self.distill is not None:
+            return list(self.chain.students[str(self.order[stage])].parameters())
         return list(self.chain.blocks[stage].parameters())
 
     def begin_stage(self, stage):
-        """Warm start from the previous block."""
+        """Warm start from the previous block (distilling: the student starts as its teacher block)."""
+        if self.distill is not None:
+            return self.chain.begin_student(self.order[stage])
         self.chain.begin_block(stage)
 
     def after_step(self, stage):
-        """EMA of the block being trained."""
+        """EMA of the block (or student) being trained."""
+        if self.distill is not None:
+            return self.chain.update_student_ema(self.order[stage])
         self.chain.update_ema(stage)
 
     def end_stage(self, stage):
-        """Freeze the block: later blocks push through its EMA copy."""
+        """Freeze the block: later blocks push through its EMA copy (distilling: the student is done)."""
+        if self.distill is not None:
+            return self.chain.finish_student(self.order[stage])
         self.chain.finish_block(stage)
 
 

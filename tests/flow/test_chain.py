@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 from exact_fields import ConstantDrift, exact_chain_fields
+from torch import nn
 
 from lfm_policy.config import ConfigError
 from lfm_policy.flow import ChainConfig, FitConfig, FlowBlock, LocalFlowChain, SolverConfig, fit_chain
@@ -151,3 +152,42 @@ def test_trained_chain_follows_its_condition():
     assert err.median() < 0.15, err.median()
     # conditions actually matter: samples for swapped conditions land elsewhere
     assert (x - target(c.flip(0))).norm(dim=1).median() > 0.5
+
+
+def test_the_block_network_receives_each_samples_own_condition():
+    """Inside ``loss`` for n > 0: the condition reaching block n's network is the one of the row it trains on.
+
+    Earlier blocks have zero velocity (the push is the identity) and row i's data is 1000·i, so row i
+    of the interpolated point still reads ≈ 1000·i whatever the noise; its condition must be i.
+    """
+
+    class Recording(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Parameter(torch.zeros(()))
+            self.seen = []
+
+        def forward(self, x, t, cond):
+            self.seen.append((x.detach(), t.detach(), cond.detach()))
+            return self.p * x
+
+    nets = []
+
+    def make(n):
+        nets.append(Recording())
+        return nets[-1]
+
+    chain = LocalFlowChain(make, (4,), ChainConfig(n_blocks=3, warm_start=False))
+    for n in range(2):
+        chain.begin_block(n)
+        chain.finish_block(n)
+    chain.begin_block(2)
+    rows = torch.arange(32.0)
+    x, cond = (1000 * rows)[:, None].expand(32, 4).clone(), rows[:, None].expand(32, 4).clone()
+    loss = chain.loss(2, x, cond, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    x_t, t, c = nets[2].seen[-1]
+    # free block: x_t = (1 − t) x + t z, so x_t / (1000 (1 − t)) ≈ i for t not close to 1
+    keep = t < 0.9
+    estimate = (x_t.mean(dim=1) / (1000 * (1 - t)))[keep]
+    torch.testing.assert_close(c[keep, 0], estimate.round(), atol=0, rtol=0)
