@@ -5,7 +5,8 @@ lfm / fm / diffusion / regression from the family's shipped CPU config (only ``p
 changes: same trunk, batch, steps, seed), distill the lfm teacher (every block) and the fm teacher to
 one-step students with ``lfm-policy distill``'s defaults, then roll every row out on the same seeds
 (100000..) with lfm_policy.eval's Evaluator, and time each row's chunk at batch 1 in this process
-(one torch thread, the same observation window, after warm-up). Results: OUT/<task>/results.json;
+(one torch thread, the same observation window, after warm-up). Results: OUT/<task>/results.json
+(each row also in OUT/<task>/rows/, so a rerun after a kill resumes at the next row);
 ``--table`` prints the Markdown table of everything in OUT.
 
     python benchmarks/distill_table.py --tasks toy/point-obstacle metaworld/reach-v3 --out outputs/distill_table
@@ -110,7 +111,11 @@ def run_task(task: str, args: argparse.Namespace) -> list[dict]:
     results = []
     evaluator = Evaluator(EvalConfig(task=task, n_envs=1))
     try:
-        for label, kind, distilled, sampler in rows(n_blocks):
+        for i, (label, kind, distilled, sampler) in enumerate(rows(n_blocks)):
+            done = out / "rows" / f"{i:02d}.json"  # a rerun after a kill keeps the rows already evaluated
+            if done.is_file() and json.loads(done.read_text())["row"] == label:
+                results.append(json.loads(done.read_text()))
+                continue
             policy = Policy.load(ckpts[(kind, distilled)])
             summary = evaluator.run(policy, args.eval_episodes, seed_start=100000, solver=sampler).summary()
             row = {"task": task, "row": label, "head": kind, "distilled": distilled, "nfe": policy.nfe(sampler),
@@ -124,6 +129,8 @@ def run_task(task: str, args: argparse.Namespace) -> list[dict]:
                 row["distill_block_s"] = [b["wall_s"] for b in info["summary"]["blocks"]]
                 row["chunk_rms_vs_teacher"] = info["summary"]["chunk_rms_distilled"]
             results.append(row)
+            done.parent.mkdir(parents=True, exist_ok=True)
+            done.write_text(json.dumps(row, indent=2))
             print(f"{task} {label:<26} NFE={row['nfe']:<4} success={row['success']:.2f} "
                   f"latency={row['latency_ms']:.2f} ms", flush=True)
     finally:

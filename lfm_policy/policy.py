@@ -187,6 +187,9 @@ class Policy(nn.Module):
         """
         action = torch.as_tensor(batch["action"])
         action = self.normalizer.normalize_key("action", action.to(self.device).float())
+        sigma = self.config.head.action_noise
+        if sigma > 0 and self.training:  # dequantization of the training targets
+            action = action + sigma * torch.randn(action.shape, generator=generator, device=action.device)
         train_encoder = self.encoder_trains(stage)
         with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
             cond = self.encode(batch["obs"], generator=generator, ema=not train_encoder)

@@ -54,6 +54,11 @@ class ChainConfig(Config):
             distilled blocks and a 2-step ODE for the free block.
         student_steps: Steps of each block's distilled student (0: the block has none), see
             :mod:`lfm_policy.flow.distill`. Set by distillation; it decides which modules exist.
+        source: Data side of block n's training pairs. ``push`` (the paper's): the data pushed through
+            the trained blocks 0..n−1. ``ou_marginal``: the data diffused by the exact OU process over
+            the earlier blocks' total step Γ_n = γ_0 + … + γ_{n−1} (simulation-free; every block learns the
+            map between two exact OU marginals of the data, so blocks do not depend on each other's
+            training error and a point mass in the data is already spread for n > 0).
         ema: EMA schedule, one EMA copy per block (used for pushing and sampling).
 
     """
@@ -69,6 +74,7 @@ class ChainConfig(Config):
     sample_solver: SolverConfig = field(default_factory=lambda: SolverConfig(method="midpoint", steps=4))
     sample_solvers: tuple[SolverConfig, ...] | None = None
     student_steps: tuple[int, ...] | None = None
+    source: str = "push"
     ema: EMAConfig = field(default_factory=EMAConfig)
 
     def __post_init__(self) -> None:
@@ -85,6 +91,7 @@ class ChainConfig(Config):
             check(all(g > 0 for g in self.gammas), "gammas", "every step size must be > 0")
         check(self.interpolant in INTERPOLANTS, "interpolant", f"choose from {sorted(INTERPOLANTS)}")
         check(self.time_sampling in TIME_SAMPLINGS, "time_sampling", f"choose from {TIME_SAMPLINGS}")
+        check(self.source in SOURCES, "source", f"choose from {SOURCES}, got {self.source!r}")
         if self.student_steps is not None:
             self.student_steps = tuple(int(k) for k in self.student_steps)
             check(len(self.student_steps) == self.n_blocks and all(k >= 0 for k in self.student_steps),
@@ -113,6 +120,7 @@ class ChainConfig(Config):
 
 
 Solvers = SolverConfig | Sequence[SolverConfig]
+SOURCES = ("push", "ou_marginal")
 
 
 class LocalFlowChain(nn.Module):
@@ -165,8 +173,10 @@ class LocalFlowChain(nn.Module):
         self._check_index(n)
         if int(self.n_trained) < n:
             raise RuntimeError(f"cannot train block {n}: only {int(self.n_trained)} earlier block(s) are finished")
-        if self.config.warm_start and n > 0:
-            self.blocks[n].load_state_dict(self.ema_blocks[n - 1].state_dict())
+        prev = self.ema_blocks[n - 1].state_dict() if n > 0 else {}
+        same_shape = prev and all(v.shape == prev[k].shape for k, v in self.blocks[n].state_dict().items() if k in prev)
+        if self.config.warm_start and same_shape:  # blocks of other widths (block_params) start fresh
+            self.blocks[n].load_state_dict(prev)
         self.ema_blocks[n].load_state_dict(self.blocks[n].state_dict())
         self.ema_steps[n] = 0
 
@@ -243,7 +253,12 @@ class LocalFlowChain(nn.Module):
 
         """
         self._check_index(n)
-        x_data_side = self.push(x_data, cond, n)
+        if self.config.source == "ou_marginal":
+            elapsed = sum(self.schedule.gamma(m) for m in range(n))  # Γ_n
+            z0 = torch.randn(x_data.shape, generator=generator, device=x_data.device, dtype=x_data.dtype)
+            x_data_side = ou_step(x_data, elapsed, z0) if n > 0 else x_data
+        else:
+            x_data_side = self.push(x_data, cond, n)
         z = torch.randn(x_data_side.shape, generator=generator, device=x_data.device, dtype=x_data.dtype)
         if self.schedule.is_free(n):
             return x_data_side, z

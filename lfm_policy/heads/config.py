@@ -141,6 +141,11 @@ class HeadConfig(Config):
             out-of-range chunk of an imperfect sampler.
         distill: For ``lfm``/``fm``: the blocks have distilled students (``lfm-policy distill``); the
             head's stages then train the students, one per distilled block, from a trained teacher.
+        block_params: ``lfm`` with ``equal_total_params``: each block's share of the parameter budget
+            (one FM network's), e.g. ``[0.1, 0.1, 0.1, 0.7]`` gives the free block most of it; default
+            equal shares 1/N.
+        action_noise: Std of Gaussian noise added to the normalized training actions (dequantization:
+            spreads the point masses of gripper commands and clipped actions); 0 disables it.
 
     """
 
@@ -152,8 +157,17 @@ class HeadConfig(Config):
     ema: EMAConfig = field(default_factory=EMAConfig)
     clip_sample: bool = True
     distill: DistillConfig | None = None
+    block_params: tuple[float, ...] | None = None
+    action_noise: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.block_params is not None:
+            self.block_params = tuple(float(f) for f in self.block_params)
+            check(all(f > 0 for f in self.block_params) and sum(self.block_params) <= 1 + 1e-6, "block_params",
+                  f"shares must be > 0 and sum to at most 1, got {self.block_params}")
+            check(self.kind != "lfm" or len(self.block_params) == self.chain.n_blocks, "block_params",
+                  f"needs one share per block ({self.chain.n_blocks}), got {len(self.block_params)}")
+        check(self.action_noise >= 0, "action_noise", f"must be ≥ 0, got {self.action_noise}")
         check(self.kind in HEAD_KINDS, "kind", f"choose from {HEAD_KINDS}, got {self.kind!r}")
         check(self.chain.ema == EMAConfig(), "chain.ema", "set the EMA under head.ema (it serves every head)")
         check(self.distill is None or self.kind in ("lfm", "fm"), "distill", "only flow heads (lfm, fm) distill")
@@ -174,25 +188,30 @@ class HeadConfig(Config):
         return dataclasses.replace(self.chain, n_blocks=n_blocks, gammas=gammas, ema=self.ema,
                                    student_steps=students)
 
-    def block_net_config(self, event_shape: tuple[int, int], cond_dim: int) -> NetConfig:
-        """Network config of one flow block.
+    def block_net_configs(self, event_shape: tuple[int, int], cond_dim: int) -> list[NetConfig]:
+        """Network config of each flow block.
 
-        With ``equal_total_params`` and N > 1 blocks, widths are scaled by the largest factor for which
-        N blocks hold no more parameters than one network of ``net`` (found by bisection, with the
-        networks built and dropped on the CPU).
+        With ``equal_total_params`` and N > 1 blocks, block n's widths are scaled by the largest factor
+        for which it holds no more than its share (``block_params``, default 1/N) of the parameters of
+        one network of ``net`` (found by bisection, with the networks built and dropped on the CPU).
         """
         n = self.chain_config.n_blocks if self.kind in ("lfm", "fm") else 1
         if n == 1 or not self.equal_total_params:
-            return self.net
+            return [self.net] * n
         budget = count_params(self.net, event_shape, cond_dim)
-        lo, hi = 0.0, 1.0
-        for _ in range(10):
-            mid = (lo + hi) / 2
-            if n * count_params(self.net.scaled(mid), event_shape, cond_dim) <= budget:
-                lo = mid
-            else:
-                hi = mid
-        return self.net.scaled(max(lo, 1e-3))
+        shares = self.block_params or (1.0 / n,) * n
+        scaled: dict[float, NetConfig] = {}
+        for share in shares:
+            if share not in scaled:
+                lo, hi = 0.0, 1.0
+                for _ in range(10):
+                    mid = (lo + hi) / 2
+                    if count_params(self.net.scaled(mid), event_shape, cond_dim) <= share * budget:
+                        lo = mid
+                    else:
+                        hi = mid
+                scaled[share] = self.net.scaled(max(lo, 1e-3))
+        return [scaled[share] for share in shares]
 
     def default_solver(self) -> SolverConfig:
         """Sampling solver of flow heads."""

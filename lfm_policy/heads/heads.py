@@ -79,8 +79,8 @@ class FlowHead(ActionHead):
 
     def __init__(self, config: HeadConfig, event_shape: tuple[int, int], cond_dim: int):
         super().__init__(config, event_shape, cond_dim)
-        net_cfg = config.block_net_config(self.event_shape, cond_dim)
-        self.chain = LocalFlowChain(lambda n: net_cfg.build(self.event_shape, cond_dim), self.event_shape,
+        net_cfgs = config.block_net_configs(self.event_shape, cond_dim)
+        self.chain = LocalFlowChain(lambda n: net_cfgs[n].build(self.event_shape, cond_dim), self.event_shape,
                                     config.chain_config)
         self.distill = config.distill
         # Distillation (lfm_policy.flow.distill): stage s trains the student of block order[s].
