@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from distill_table import latency_ms, rows, slug
+from distill_table import canonical, latency_ms, rows, slug
 
 from lfm_policy import Policy
 from lfm_policy.datasets.torch_dataset import SequenceDataset
@@ -49,7 +49,7 @@ def main() -> None:
             for label, kind, distilled, sampler in table:
                 times[label].append(latency_ms(policies[(kind, distilled)], obs, sampler, args.reps))
         lat = {label: statistics.median(v) for label, v in times.items()}
-        results[task] = {label: {"ms": ms, "ratio_to_ddim10": ms / lat["DDIM-10"],
+        results[task] = {canonical(label): {"ms": ms, "ratio_to_ddim10": ms / lat["DDIM-10"],
                                  "nfe": policies[(kind, d)].nfe(sampler)}
                          for (label, kind, d, sampler), ms in zip(table, lat.values())}
         print(task, {k: round(v["ms"], 2) for k, v in results[task].items()}, flush=True)
