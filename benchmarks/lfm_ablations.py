@@ -1,4 +1,4 @@
-"""What makes the LFM head strong: budget split, exact-OU sources, action noise (issue #11's causes).
+"""What makes the LFM head strong: budget split, exact-OU sources, action noise, block count and width (#11).
 
 Each variant trains the LFM head from the same config, data, seed and total step budget as the
 ``lfm`` row of ``distill_table.py`` (whose data and results it reuses as the baseline: run that first)
