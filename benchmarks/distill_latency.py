@@ -16,10 +16,9 @@ import statistics
 from pathlib import Path
 
 import torch
-from distill_table import canonical, latency_ms, rows, slug
+from distill_table import canonical, first_window, latency_ms, rows, slug
 
 from lfm_policy import Policy
-from lfm_policy.datasets.torch_dataset import SequenceDataset
 
 
 def main() -> None:
@@ -38,10 +37,7 @@ def main() -> None:
         ckpt = {(k, d): run / (f"{k}_distilled" if d else k) / "checkpoints" / "latest"
                 for k in ("lfm", "fm", "diffusion", "regression") for d in (False, True)}
         teacher = Policy.load(ckpt[("lfm", False)])
-        ds = SequenceDataset(out / "data" / f"{slug(task)}.zarr", obs_keys=list(teacher.spec.obs_shapes),
-                             n_obs_steps=teacher.config.n_obs_steps, horizon=teacher.config.horizon,
-                             n_action_steps=teacher.config.n_action_steps)
-        obs = {k: v[None] for k, v in ds[0]["obs"].items()}
+        obs = first_window(out / "data" / f"{slug(task)}.zarr", teacher)
         table = rows(teacher.head.chain.n_blocks)
         policies = {(k, d): Policy.load(ckpt[(k, d)]) for _, k, d, _ in table}
         times: dict[str, list[float]] = {label: [] for label, *_ in table}

@@ -71,6 +71,15 @@ def slug(task: str) -> str:
     return task.replace("/", "_")
 
 
+def first_window(data: Path, policy: Policy) -> dict:
+    """The observations of the dataset's first window for ``policy``, batch 1: what the latency rows time."""
+    from lfm_policy.datasets.torch_dataset import SequenceDataset
+
+    ds = SequenceDataset(data, obs_keys=list(policy.spec.obs_shapes), n_obs_steps=policy.config.n_obs_steps,
+                         horizon=policy.config.horizon, n_action_steps=policy.config.n_action_steps)
+    return {k: v[None] for k, v in ds[0]["obs"].items()}
+
+
 @torch.no_grad()
 def latency_ms(policy: Policy, obs: dict, solver, reps: int) -> float:
     """p50 wall time of one batch-1 chunk (after 10 warm-up calls)."""
@@ -115,13 +124,9 @@ def run_task(task: str, args: argparse.Namespace) -> list[dict]:
                 distill_info[kind] = {"distill_s": time.perf_counter() - t0}
             distill_info.setdefault(kind, {})["summary"] = json.loads((dout / "distill_summary.json").read_text())
             ckpts[(kind, True)] = dout / "checkpoints" / "latest"
-    n_blocks = Policy.load(ckpts[("lfm", False)]).head.chain.n_blocks
-    from lfm_policy.datasets.torch_dataset import SequenceDataset
-
     probe = Policy.load(ckpts[("lfm", False)])
-    ds = SequenceDataset(data, obs_keys=list(probe.spec.obs_shapes), n_obs_steps=probe.config.n_obs_steps,
-                         horizon=probe.config.horizon, n_action_steps=probe.config.n_action_steps)
-    obs = {k: v[None] for k, v in ds[0]["obs"].items()}  # one window, batch 1
+    n_blocks = probe.head.chain.n_blocks
+    obs = first_window(data, probe)
     results = []
     finished = out / "results.json"
     earlier = {r["row"]: r for r in json.loads(finished.read_text())} if finished.is_file() else {}

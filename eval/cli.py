@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _solver_runs(policy: Any, nfe: list[int] | None, method: str | None) -> list[tuple[str | None, Any]]:
     """(subdirectory, solver) per evaluation; solver None means the checkpoint's own."""
     from lfm_policy.errors import LfmPolicyError
-    from lfm_policy.flow.solvers import STUDENT, SolverConfig
+    from lfm_policy.flow.solvers import STUDENT, SolverConfig, parse_solvers
     from lfm_policy.heads import DiffusionSampler
 
     if nfe is None and method is None:
@@ -93,7 +93,7 @@ def _solver_runs(policy: Any, nfe: list[int] | None, method: str | None) -> list
     if method is not None and "," in method:  # one solver per block
         if nfe is not None:
             raise LfmPolicyError("--nfe does not combine with a per-block --solver list (give METHOD:STEPS there)")
-        solvers = [SolverConfig.parse(t) for t in method.split(",")]
+        solvers = parse_solvers(method)
         _check_solvers(chain, solvers)
         return [(None, solvers)]
     if method is None:  # --nfe alone: the steps of every ODE block of the default; distilled blocks stay students

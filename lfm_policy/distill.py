@@ -32,7 +32,7 @@ from lfm_policy.flow.distill import (
 )
 from lfm_policy.flow.distill import teacher_solver as block_teacher_solver
 from lfm_policy.flow.solvers import STUDENT, SolverConfig
-from lfm_policy.train import TrainConfig
+from lfm_policy.train import TrainConfig, training_windows
 
 SUMMARY = "distill_summary.json"
 
@@ -45,14 +45,8 @@ def teacher_run_config(checkpoint: Path) -> TrainConfig | None:
 
 def _windows(config: TrainConfig, policy: Any, split: str, n: int, seed: int = 0) -> dict[str, Any]:
     """Up to ``n`` windows of ``split`` (``train``/``val``) as a batch dict on the policy's device."""
-    from lfm_policy.datasets.torch_dataset import SequenceDataset
-
-    d, p = config.data, policy.config
-    ds = SequenceDataset(d.path, obs_keys=list(policy.spec.obs_shapes), action_key=d.action_key,
-                         n_obs_steps=p.n_obs_steps, horizon=p.horizon, n_action_steps=p.n_action_steps,
-                         split="train", val_ratio=d.val_ratio, seed=config.seed,
-                         max_train_episodes=d.max_train_episodes)
-    if split == "val" and d.val_ratio > 0:
+    ds = training_windows(config.replace(policy=policy.config), list(policy.spec.obs_shapes))  # the policy's windows
+    if split == "val" and config.data.val_ratio > 0:
         ds = ds.get_validation_dataset()
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds), generator=g)[: min(n, len(ds))].tolist()

@@ -36,18 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_solvers(text: str | None):
-    """``"student,student,midpoint:2"`` → a list of SolverConfig (None for None)."""
-    from lfm_policy.flow.solvers import SolverConfig
-
-    return None if text is None else [SolverConfig.parse(t) for t in text.split(",")]
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``lfm-policy distill``."""
     from lfm_policy import Policy
     from lfm_policy.distill import format_summary, setup_distillation, write_summary
     from lfm_policy.errors import LfmPolicyError
+    from lfm_policy.flow.solvers import parse_solvers
     from lfm_policy.train import resume_config, train
 
     if args.resume is not None:
@@ -59,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.checkpoint is None or args.out is None:
             raise LfmPolicyError("give CHECKPOINT and --out OUT (or --resume OUT)")
+        sample = parse_solvers(args.sample) if args.sample is not None else None
         config = setup_distillation(args.checkpoint, args.out, steps=args.steps, block_steps=args.block_steps,
-                                    blocks=args.blocks, inputs=args.inputs, sample=parse_solvers(args.sample),
+                                    blocks=args.blocks, inputs=args.inputs, sample=sample,
                                     data=args.data, batch_size=args.batch_size, lr=args.lr,
                                     tolerance=args.tolerance, overrides=args.overrides)
     path = train(config, resume=args.resume is not None, overwrite=args.overwrite, progress=not args.no_progress)

@@ -41,7 +41,20 @@ log = logging.getLogger(__name__)
 NLL_SOLVER = SolverConfig(method="rk4", steps=8)
 NLL_PROBES = 4
 
-__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "Trainer", "resume_config", "train"]
+__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "Trainer", "resume_config", "train", "training_windows"]
+
+
+def training_windows(config: TrainConfig, obs_keys: list[str]) -> Any:
+    """The training split of ``config.data`` as ``SequenceDataset`` windows of ``config.policy``.
+
+    Its ``get_validation_dataset()`` is the validation split (``data.val_ratio``, seeded by ``seed``).
+    """
+    from lfm_policy.datasets.torch_dataset import SequenceDataset
+
+    d, p = config.data, config.policy
+    return SequenceDataset(d.path, obs_keys=list(obs_keys), action_key=d.action_key, n_obs_steps=p.n_obs_steps,
+                           horizon=p.horizon, n_action_steps=p.n_action_steps, split="train",
+                           val_ratio=d.val_ratio, seed=config.seed, max_train_episodes=d.max_train_episodes)
 
 
 def _device(name: str) -> torch.device:
@@ -74,7 +87,6 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                  progress: bool = True):
-        from lfm_policy.datasets.torch_dataset import SequenceDataset
         from lfm_policy.normalizer import LinearNormalizer
 
         self.config, self.show_progress = config, progress
@@ -98,10 +110,7 @@ class Trainer:
         d, p = config.data, config.policy
         if not d.path:
             raise LfmPolicyError("data.path: no dataset given")
-        self.dataset = SequenceDataset(
-            d.path, obs_keys=list(d.obs_keys) or self._default_obs_keys(d.path, d.action_key),
-            action_key=d.action_key, n_obs_steps=p.n_obs_steps, horizon=p.horizon, n_action_steps=p.n_action_steps,
-            split="train", val_ratio=d.val_ratio, seed=config.seed, max_train_episodes=d.max_train_episodes)
+        self.dataset = training_windows(config, list(d.obs_keys) or self._default_obs_keys(d.path, d.action_key))
         if len(self.dataset) < config.batch_size:
             raise LfmPolicyError(f"{d.path}: {len(self.dataset)} training windows, fewer than batch_size="
                                  f"{config.batch_size} (full batches only); lower batch_size or add demonstrations")

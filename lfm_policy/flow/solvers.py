@@ -72,6 +72,11 @@ class SolverConfig(Config):
         return cls(method=method, steps=int(steps)) if steps else cls(method=method)
 
 
+def parse_solvers(text: str) -> list[SolverConfig]:
+    """One solver per block from ``"student,student,midpoint:2"`` (each entry as :meth:`SolverConfig.parse`)."""
+    return [SolverConfig.parse(t) for t in text.split(",")]
+
+
 def _step(f: VelocityFn, x: torch.Tensor, t: torch.Tensor, h: torch.Tensor, method: str) -> torch.Tensor:
     """One step of size h (may be negative) from (x, t)."""
     if method == "euler":
