@@ -22,6 +22,9 @@ SUBCOMMAND_MODULES = (
     "lfm_policy.train_cli",
     "lfm_policy.distill_cli",
     "lfm_policy.eval.cli",
+    "lfm_policy.runtime.cli",
+    "lfm_policy.runtime.serve_cli",
+    "lfm_policy.runtime.export_cli",
 )
 
 

@@ -1,0 +1,5 @@
+"""Placeholder: replaced by its implementation."""
+
+
+def register(sub):
+    """No subcommand yet."""
