@@ -18,26 +18,7 @@ import numpy as np
 import torch
 
 from lfm_policy.errors import LfmPolicyError
-
-
-def parse_solver(policy, text: str | None):
-    """``--solver`` text → what ``predict_action_chunk(solver=)`` takes for this policy's head.
-
-    Flow heads: ``euler:2``, ``midpoint:1``, ``student``, per-block lists ``student,student,midpoint:1``;
-    diffusion: ``ddim``, ``ddim:10``, ``ddpm``; None → the checkpoint's own.
-    """
-    if text is None:
-        return None
-    if policy.config.head.kind == "diffusion":
-        from lfm_policy.heads import DiffusionSampler
-
-        name, _, steps = text.partition(":")
-        if name not in ("ddim", "ddpm") or (steps and (not steps.isdigit() or name == "ddpm")):
-            raise LfmPolicyError(f"--solver {text}: a diffusion head samples with ddim, ddim:STEPS or ddpm")
-        return DiffusionSampler(name, int(steps) if steps else None)
-    from lfm_policy.eval.cli import _solver_runs
-
-    return _solver_runs(policy, None, text)[0][1]
+from lfm_policy.runtime.interface import parse_solver  # noqa: F401  (re-exported: bench callers use it)
 
 
 def random_obs(policy, batch: int, seed: int = 0, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -121,9 +121,9 @@ def _predictor(args: argparse.Namespace):
     policy = Policy.load(args.checkpoint)
     solver = parse_solver(policy, args.solver)
     label = args.solver
-    if args.budget_ms is not None:
+    if args.budget_ms is not None and solver is None:
         chosen = choose_solver(policy, args.budget_ms)
-        solver, label = chosen["solver"], chosen["label"]
+        solver, label = chosen["solver"], f"{chosen['label']} (budget {args.budget_ms} ms)"
     return LocalPredictor(policy, solver=solver), label
 
 

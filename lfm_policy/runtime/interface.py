@@ -21,6 +21,7 @@ Observation windows are checked by :func:`validate_window`: every key of the spe
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -219,3 +220,35 @@ class LocalPredictor:
         chunk = chunk[0].float().cpu().numpy()  # (H, Da)
         self.last_timing = {"encode_ms": 1e3 * (t1 - t0), "sample_ms": 1e3 * (time.perf_counter() - t1)}
         return chunk
+
+
+def parse_solver(policy: Any, text: str | None) -> Any:
+    """The solver of ``--solver TEXT`` for ``policy`` (None: the checkpoint's own), as ``lfm-policy eval``.
+
+    Used by ``serve``, ``bench`` and ``control``.
+
+    Accepts what ``eval --solver`` does, plus ``ddim:STEPS`` for a diffusion head (eval gives those steps
+    with ``--nfe``).
+
+    Raises:
+        LfmPolicyError: The solver does not apply to the head or does not parse.
+
+    """
+    from lfm_policy.config import ConfigError
+    from lfm_policy.errors import LfmPolicyError
+    from lfm_policy.eval.cli import _solver_runs
+
+    if text is None:
+        return None
+    text, nfe = text.strip(), None
+    m = re.fullmatch(r"(ddim|ddpm):(\d+)", text)
+    if m and policy.config.head.kind != "diffusion":
+        text = m[1]  # eval's message: ddim/ddpm do not apply to this head
+    elif m:
+        if m[1] == "ddpm":
+            raise LfmPolicyError("--solver ddpm: DDPM samples with all num_train_timesteps steps; use ddim:STEPS")
+        text, nfe = "ddim", [int(m[2])]
+    try:
+        return _solver_runs(policy, nfe, text)[0][1]
+    except (ConfigError, ValueError) as e:
+        raise LfmPolicyError(f"--solver {text}: {e}") from None

@@ -64,6 +64,9 @@ class LoopConfig(Config):
         limit_margin: Fraction of the training range added on each side of the limits.
         delay_window: Chunks whose measured delays set the launch lead.
         record_actions: Keep every sent action in the report (smoothness metrics).
+        budget_ms: Chunk latency budget: with a local policy (and no ``solver`` given) the loop samples with
+            the most accurate solver setting whose p95 latency fits (:func:`~lfm_policy.runtime.bench.
+            choose_solver`, the rule of ``lfm-policy bench --budget-ms``); the choice is ``loop.solver_choice``.
 
     """
 
@@ -80,6 +83,7 @@ class LoopConfig(Config):
     limit_margin: float = DEFAULT_LIMIT_MARGIN
     delay_window: int = 5
     record_actions: bool = True
+    budget_ms: float | None = None
 
     def __post_init__(self) -> None:
         check(self.rate_hz > 0, "rate_hz", f"must be > 0, got {self.rate_hz}")
@@ -90,6 +94,7 @@ class LoopConfig(Config):
         check(self.on_overrun in OVERRUN_POLICIES, "on_overrun", f"choose from {OVERRUN_POLICIES}")
         check(self.limit_margin >= 0, "limit_margin", "must be ≥ 0")
         check(self.delay_window >= 1, "delay_window", "must be ≥ 1")
+        check(self.budget_ms is None or self.budget_ms > 0, "budget_ms", "must be > 0")
         if self.hold_action is not None:
             self.hold_action = tuple(float(a) for a in self.hold_action)
 
@@ -117,6 +122,7 @@ class LoopReport:
         jitter_ms: Tick start minus its scheduled time: p50/p95/max/mean.
         inference_ms: Wall time of each chunk's inference (encode + sample, or the round trip).
         delays: Per chunk, the ticks between its observation and its first executed action.
+        arrivals: Per chunk, the tick from which it was executed.
         actions: Sent actions (T, Da) when recorded.
         extra: What the robot reports (e.g. ``is_success`` of a simulated robot).
 
@@ -132,22 +138,30 @@ class LoopReport:
     jitter_ms: dict[str, float | None] = field(default_factory=dict)
     inference_ms: dict[str, float | None] = field(default_factory=dict)
     delays: list[int] = field(default_factory=list)
+    arrivals: list[int] = field(default_factory=list)
     actions: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the action array)."""
         d = {k: getattr(self, k) for k in ("steps", "wall_s", "stop_reason", "chunks", "overruns", "late_ticks",
-                                           "clamped", "jitter_ms", "inference_ms", "delays", "extra")}
-        d["smoothness"] = smoothness(self.actions) if self.actions is not None and len(self.actions) > 2 else None
+                                           "clamped", "jitter_ms", "inference_ms", "delays", "arrivals",
+                                           "extra")}
+        ok = self.actions is not None and len(self.actions) > 2
+        d["smoothness"] = smoothness(self.actions, self.arrivals) if ok else None
         return d
 
 
-def smoothness(actions: np.ndarray) -> dict[str, float]:
-    """Mean and max |Δa| and mean |Δ²a| over a run (T, Da), in action units per tick."""
+def smoothness(actions: np.ndarray, arrivals: Sequence[int] = ()) -> dict[str, float | None]:
+    """|Δa| (mean, max), mean |Δ²a| over a run (T, Da), and mean |Δa| into the ticks where a chunk took over.
+
+    Units: action units per tick, averaged over action dimensions.
+    """
     a = np.asarray(actions, np.float64)
-    d1, d2 = np.abs(np.diff(a, axis=0)), np.abs(np.diff(a, n=2, axis=0))
-    return {"mean_abs_delta": float(d1.mean()), "max_abs_delta": float(d1.max()), "mean_abs_jerk": float(d2.mean())}
+    d1, d2 = np.abs(np.diff(a, axis=0)), np.abs(np.diff(a, n=2, axis=0))  # (T−1, Da), (T−2, Da)
+    switch = [t - 1 for t in arrivals if 1 <= t < len(a)]  # d1[t − 1] = |a_t − a_{t−1}|
+    return {"mean_abs_delta": float(d1.mean()), "max_abs_delta": float(d1.max()), "mean_abs_jerk": float(d2.mean()),
+            "boundary_abs_delta": float(d1[switch].mean()) if switch else None}
 
 
 class _Stop(Exception):
@@ -169,9 +183,15 @@ class ControlLoop:
     def __init__(self, policy, config: LoopConfig | None = None, *, solver=None,
                  clock: Callable[[], float] = time.perf_counter, sleep: Callable[[float], None] = time.sleep):
         self.config = config or LoopConfig()
+        self.solver_choice: dict[str, Any] | None = None
         if isinstance(policy, ChunkPredictor):
             self.predictor = policy
         else:
+            if self.config.budget_ms is not None and solver is None:
+                from lfm_policy.runtime.bench import choose_solver
+
+                self.solver_choice = choose_solver(policy, self.config.budget_ms, device=str(policy.device))
+                solver = self.solver_choice["solver"]
             self.predictor = LocalPredictor(policy, solver=solver, guidance=self.config.inpaint_guidance)
         info = self.predictor.info
         self.info = info
@@ -236,6 +256,7 @@ class ControlLoop:
             if tick > start or not delays:  # the lead follows the delays of background chunks
                 delays.append(tick - start if tick > start else lead_ticks(ms, cfg.rate_hz))
             report.delays.append(tick - start)
+            report.arrivals.append(tick)
             report.chunks += 1
             infer_ms.append(ms)
 

@@ -201,3 +201,8 @@ def test_control_cli_runs_episodes(tmp_path):
 def test_inpaint_option_refuses_non_flow_heads():
     with pytest.raises(ValueError, match="flow head"):
         ControlLoop(tiny_policy("regression"), LoopConfig(join="inpaint"))
+
+
+def test_loop_budget_picks_the_solver():
+    with ControlLoop(toy_policy(), LoopConfig(budget_ms=1e6)) as loop:
+        assert loop.solver_choice["label"] == "rk4:8" and loop.predictor.info.nfe == 2 * 8 * 4
