@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("zarr", "h5py", "gymnasium", "mujoco", "robosuite", "robomimic", "metaworld", "torchvision",
-         "diffusers", "matplotlib", "scipy", "imageio")
+         "diffusers", "matplotlib", "scipy", "imageio", "onnx", "onnxruntime", "onnxscript", "websockets", "msgpack")
 
 
 def run_py(code: str, cwd) -> str:
@@ -15,7 +15,9 @@ def run_py(code: str, cwd) -> str:
 
 
 def test_import_lfm_policy_loads_no_heavy_dependency(tmp_path):
-    loaded = run_py("import sys, lfm_policy, lfm_policy.flow, lfm_policy.nets, lfm_policy.cli; "
+    loaded = run_py("import sys, lfm_policy, lfm_policy.flow, lfm_policy.nets, lfm_policy.cli as c, "
+                    "lfm_policy.runtime, "
+                    "lfm_policy.runtime.export, lfm_policy.runtime.loop; c.build_parser(); "
                     "print(sorted({m.split('.')[0] for m in sys.modules}))", tmp_path)
     assert not [m for m in HEAVY if f"'{m}'" in loaded], loaded
 
