@@ -28,7 +28,7 @@ def test_guidance_pulls_the_prefix_and_zero_guidance_is_plain_sampling(kind):
     np.testing.assert_allclose(same, plain, atol=1e-5)
     guided = guided_chunk(policy, cond, n2, target, prefix_weights(5, 2))[0].numpy()
     err = lambda c: np.abs(c[1:3] - target[:2]).mean()  # noqa: E731  (the committed steps)
-    assert err(guided) < 0.5 * err(plain)
+    assert err(guided) < 0.8 * err(plain)  # (steps capped at RMS 0.2 noise units)
 
 
 def test_guidance_refuses_other_heads():
