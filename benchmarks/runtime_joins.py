@@ -6,7 +6,8 @@ to --latency-ms (a slower policy, a remote server), so that background inference
 ticks and the joins have something to join. Reference row: the synchronous loop (no latency), which
 executes exactly the actions of `lfm-policy eval`.
 
-    python benchmarks/runtime_joins.py --checkpoint outputs/distill_table/toy_point-obstacle/lfm_distilled/checkpoints/latest \
+    python benchmarks/runtime_joins.py \
+        --checkpoint outputs/distill_table/toy_point-obstacle/lfm_distilled/checkpoints/latest \
         --task toy/point-obstacle --episodes 50 --rate 50 --latency-ms 50 --out outputs/runtime/joins_toy.json
 """
 
@@ -97,13 +98,14 @@ def main() -> None:
         print(f"{name}: success {r['success']:.2f} [{lo:.2f}, {hi:.2f}], |Δa| {r['mean_abs_delta']:.4f}, boundary "
               f"|Δa| {r['boundary_abs_delta']:.4f}, jerk {r['mean_abs_jerk']:.4f}, overruns {r['overruns']}, "
               f"d {r['delay_ticks_mean']:.2f} ticks, {r['wall_s']:.0f} s", flush=True)
-    print(f"\n{args.task}, {Path(args.checkpoint).parent.parent.name}, {args.rate:g} Hz, latency {args.latency_ms:g} ms, "
-          f"{args.episodes} episodes from seed {args.seed_start}")
+    print(f"\n{args.task}, {Path(args.checkpoint).parent.parent.name}, {args.rate:g} Hz, "
+          f"latency {args.latency_ms:g} ms, {args.episodes} episodes from seed {args.seed_start}")
     print("| join | success [95 % CI] | mean abs Δa | abs Δa at chunk switch | mean abs Δ²a | overruns | d (ticks) |")
     print("|---|---|---|---|---|---|---|")
     for name, r in rows.items():
-        print(f"| {name} | {r['success']:.2f} [{r['wilson'][0]:.2f}, {r['wilson'][1]:.2f}] | {r['mean_abs_delta']:.4f} "
-              f"| {r['boundary_abs_delta']:.4f} | {r['mean_abs_jerk']:.4f} | {r['overruns']} | {r['delay_ticks_mean']:.2f} |")
+        print(f"| {name} | {r['success']:.2f} [{r['wilson'][0]:.2f}, {r['wilson'][1]:.2f}] | "
+              f"{r['mean_abs_delta']:.4f} | {r['boundary_abs_delta']:.4f} | {r['mean_abs_jerk']:.4f} | "
+              f"{r['overruns']} | {r['delay_ticks_mean']:.2f} |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))

@@ -1,9 +1,10 @@
 """Chunk latency of every head at batch 1 in ONE process (lfm-policy bench's timer), as ratios to DDIM-10.
 
 Low-dim rows reload the trained checkpoints of benchmarks/distill_table.py (same trunk, data and budget per
-task). Image rows build policies with two 84×84 cameras and a small encoder (``small_cnn``) on a small
-UNet trunk (64-128-256) — untrained weights: latency does not depend on them; the distilled LFM row has
-one-step students in place of its blocks, as ``lfm-policy distill`` makes them. Rows are interleaved over
+task; the 2-block distilled LFM comes from benchmarks/lfm_ablations.py where that ran). Image rows build
+policies with two 84×84 cameras and a small encoder (``small_cnn``) on a small UNet trunk (64-128-256) —
+untrained weights: latency does not depend on them; the distilled LFM rows have one-step students in
+place of their blocks, as ``lfm-policy distill`` makes them. Rows are interleaved over
 --rounds rounds so that load drifts hit every row alike; medians are reported.
 
     python benchmarks/runtime_latency.py --out outputs/runtime/latency.json
@@ -29,6 +30,7 @@ from lfm_policy.runtime.bench import bench_policy
 LOWDIM_ROWS = [  # (label, checkpoint subdirectory, solver)
     ("LFM ODE (midpoint×1)", "lfm", None),
     ("LFM distilled", "lfm_distilled", None),
+    ("LFM distilled, 2 blocks", "two_blocks_distilled", None),  # benchmarks/lfm_ablations.py (where it ran)
     ("FM euler×N", "fm", None),
     ("FM euler×10", "fm", SolverConfig(method="euler", steps=10)),
     ("FM distilled", "fm_distilled", None),
@@ -65,6 +67,7 @@ def image_policy(kind: str, *, distilled: bool = False, n_blocks: int = 4) -> Po
 IMAGE_ROWS = [
     ("LFM ODE (midpoint×1)", lambda: image_policy("lfm"), None),
     ("LFM distilled", lambda: image_policy("lfm", distilled=True), None),
+    ("LFM distilled, 2 blocks", lambda: image_policy("lfm", distilled=True, n_blocks=2), None),
     ("FM euler×N", lambda: image_policy("fm"), SolverConfig(method="euler", steps=4)),
     ("FM euler×10", lambda: image_policy("fm"), SolverConfig(method="euler", steps=10)),
     ("FM distilled", lambda: image_policy("fm", distilled=True), None),
@@ -94,14 +97,16 @@ def table(title: str, res: dict[str, dict]) -> str:
     lines = [f"\n{title}", "| row | NFE | params | encode ms | sample ms | chunk ms p50 | p95 | ÷ DDIM-10 |",
              "|---|---|---|---|---|---|---|---|"]
     for label, r in res.items():
-        lines.append(f"| {label} | {r['nfe']} | {r['params'] / 1e6:.2f}M | {r['encode_ms']:.2f} | {r['sample_ms']:.2f} | "
-                     f"{r['chunk_ms']:.2f} | {r['chunk_ms_p95']:.2f} | {r['ratio_to_ddim10']:.2f} |")
+        lines.append(f"| {label} | {r['nfe']} | {r['params'] / 1e6:.2f}M | {r['encode_ms']:.2f} | "
+                     f"{r['sample_ms']:.2f} | {r['chunk_ms']:.2f} | {r['chunk_ms_p95']:.2f} | "
+                     f"{r['ratio_to_ddim10']:.2f} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="outputs/distill_table", help="distill_table output folder")
+    p.add_argument("--ablations", default="outputs/lfm_ablations", help="lfm_ablations output folder")
     p.add_argument("--tasks", default="toy_point-obstacle,metaworld_pick-place-v3")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--calls", type=int, default=100)
@@ -114,8 +119,11 @@ def main() -> None:
         cache: dict[str, Policy] = {}
         rows = []
         for label, sub, solver in LOWDIM_ROWS:
+            path = run / sub if sub != "two_blocks_distilled" else Path(args.ablations) / task / sub
+            if not (path / "checkpoints" / "latest").exists():
+                continue
             if sub not in cache:
-                cache[sub] = Policy.load(run / sub / "checkpoints" / "latest")
+                cache[sub] = Policy.load(path / "checkpoints" / "latest")
             rows.append((label, cache[sub], solver))
         results[task] = measure(rows, args.rounds, args.calls)
         text.append(table(f"{task} (low-dim, trained checkpoints)", results[task]))

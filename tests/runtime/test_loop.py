@@ -206,3 +206,21 @@ def test_inpaint_option_refuses_non_flow_heads():
 def test_loop_budget_picks_the_solver():
     with ControlLoop(toy_policy(), LoopConfig(budget_ms=1e6)) as loop:
         assert loop.solver_choice["label"] == "rk4:8" and loop.predictor.info.nfe == 2 * 8 * 4
+
+
+def test_loop_runs_unchanged_over_a_policy_client():
+    from lfm_policy.runtime.client import PolicyClient
+    from lfm_policy.runtime.server import PolicyServer
+
+    policy = toy_policy()
+    robot = SimRobot("toy/point-obstacle")
+    cfg = LoopConfig(rate_hz=500, prefetch=False)
+    runs = []
+    with PolicyServer(policy, port=0) as server, PolicyClient(server.url) as client:
+        for predictor in (policy, client):
+            robot.reset(seed=100001)
+            with ControlLoop(predictor, cfg) as loop:
+                runs.append(loop.run(robot, seed=100001))
+    local, remote = runs
+    assert remote.stop_reason == "done" and remote.steps == local.steps
+    np.testing.assert_allclose(remote.actions, local.actions, atol=1e-5)
