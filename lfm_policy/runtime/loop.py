@@ -243,7 +243,6 @@ class ControlLoop:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lfm-policy-inference")
         switch = sys.getswitchinterval()
         sys.setswitchinterval(min(switch, 5e-4))  # the tick thread gets the GIL back quickly from inference
-        self.predictor.reset(seed)
         tick, t_start = 0, self._clock()
         target = t_start
 
@@ -274,6 +273,10 @@ class ControlLoop:
                 accept(*self._infer(window, prefix, weights), start)
 
         try:
+            try:
+                self.predictor.reset(seed)
+            except Exception as e:  # noqa: BLE001  (e.g. the policy server is gone)
+                raise _Stop(f"policy error in reset: {type(e).__name__}: {e}") from None
             while True:
                 if max_steps is not None and tick >= max_steps:
                     raise _Stop("max_steps")
