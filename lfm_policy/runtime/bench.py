@@ -18,20 +18,13 @@ import numpy as np
 import torch
 
 from lfm_policy.errors import LfmPolicyError
-from lfm_policy.runtime.interface import parse_solver  # noqa: F401  (re-exported: bench callers use it)
+from lfm_policy.runtime.interface import latency_stats, random_inputs
 
 
 def random_obs(policy, batch: int, seed: int = 0, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """A random observation batch ``{key: (B, To, ...)}`` (uint8 images, low-dim in [0, 1))."""
-    g = torch.Generator().manual_seed(seed)
-    to = policy.config.n_obs_steps
-    out = {}
-    for k, shape in policy.spec.obs_shapes.items():
-        if k in policy.spec.image_keys:
-            out[k] = torch.randint(0, 256, (batch, to, *shape), dtype=torch.uint8, generator=g)
-        else:
-            out[k] = torch.rand(batch, to, *shape, generator=g)
-    return {k: v.to(device) for k, v in out.items()}
+    """A random observation batch ``{key: (B, To, ...)}`` as tensors on ``device`` (:func:`random_inputs`)."""
+    obs, _ = random_inputs(policy, batch, np.random.default_rng(seed))
+    return {k: torch.from_numpy(v).to(device) for k, v in obs.items()}
 
 
 def _timed(fn: Callable[[], Any], calls: int, warmup: int, sync: Callable[[], None]) -> list[float]:
@@ -45,11 +38,6 @@ def _timed(fn: Callable[[], Any], calls: int, warmup: int, sync: Callable[[], No
         sync()
         out.append(1e3 * (time.perf_counter() - t0))
     return out
-
-
-def _summary(ms: list[float]) -> dict[str, float]:
-    v = np.asarray(ms)
-    return {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)), "mean": float(v.mean())}
 
 
 def _cuda_graph(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
@@ -116,7 +104,8 @@ def bench_policy(policy, *, solver=None, device: str = "cpu", batch: int = 1, ca
         out: dict[str, Any] = {"device": str(device), "batch": batch, "nfe": policy.nfe(solver),
                                "head": policy.config.head.kind, "params": policy.num_trained_params(),
                                "compile": compile, "cuda_graph": cuda_graph,
-                               "encode_ms": _summary(enc), "sample_ms": _summary(samp), "chunk_ms": _summary(chunk)}
+                               "encode_ms": latency_stats(enc), "sample_ms": latency_stats(samp),
+                               "chunk_ms": latency_stats(chunk)}
         if throughput_batch:
             _, _, big = run(throughput_batch)
             ms = _timed(big, max(5, calls // 20), 2, sync)

@@ -66,7 +66,8 @@ def _bench(args: argparse.Namespace) -> int:
     import torch
 
     from lfm_policy import Policy
-    from lfm_policy.runtime.bench import bench_policy, choose_solver, parse_solver
+    from lfm_policy.runtime.bench import bench_policy, choose_solver
+    from lfm_policy.runtime.interface import parse_solver
 
     torch.set_num_threads(args.threads)
     if args.compile:
@@ -104,8 +105,8 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predictor(args: argparse.Namespace):
-    """A LocalPredictor for a checkpoint path, or a PolicyClient for a ws:// URL."""
+def _policy(args: argparse.Namespace):
+    """(a Policy and its --solver, parsed) for a checkpoint path, or (a PolicyClient, None) for a ws:// URL."""
     if args.checkpoint.startswith(("ws://", "wss://")):
         from lfm_policy.runtime.client import PolicyClient
 
@@ -114,17 +115,11 @@ def _predictor(args: argparse.Namespace):
     import torch
 
     from lfm_policy import Policy
-    from lfm_policy.runtime.bench import choose_solver, parse_solver
-    from lfm_policy.runtime.interface import LocalPredictor
+    from lfm_policy.runtime.interface import parse_solver
 
     torch.set_num_threads(1)
     policy = Policy.load(args.checkpoint)
-    solver = parse_solver(policy, args.solver)
-    label = args.solver
-    if args.budget_ms is not None and solver is None:
-        chosen = choose_solver(policy, args.budget_ms)
-        solver, label = chosen["solver"], f"{chosen['label']} (budget {args.budget_ms} ms)"
-    return LocalPredictor(policy, solver=solver), label
+    return policy, parse_solver(policy, args.solver)
 
 
 def _control(args: argparse.Namespace) -> int:
@@ -133,12 +128,14 @@ def _control(args: argparse.Namespace) -> int:
     from lfm_policy.runtime.loop import ControlLoop, LoopConfig
     from lfm_policy.runtime.sim_robot import SimRobot
 
-    predictor, label = _predictor(args)
+    policy, solver = _policy(args)
     cfg = LoopConfig(rate_hz=args.rate, prefetch=not args.no_prefetch, join=args.join, on_overrun=args.on_overrun,
-                     execute_steps=args.execute_steps)
+                     execute_steps=args.execute_steps, budget_ms=args.budget_ms)
     robot = SimRobot(args.task, images=args.images)
     reports = []
-    with ControlLoop(predictor, cfg) as loop:
+    with ControlLoop(policy, cfg, solver=solver) as loop:
+        chosen = loop.solver_choice
+        label = f"{chosen['label']} (budget {args.budget_ms} ms)" if chosen else args.solver
         for i in range(args.episodes):
             seed = args.seed_start + i
             robot.reset(seed=seed)

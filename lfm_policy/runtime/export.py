@@ -263,7 +263,8 @@ def export_onnx(policy, path: str | os.PathLike, *, solver: Any = None, batch: i
             nothing is written and an existing file stays as it was).
 
     """
-    from lfm_policy.runtime.export_check import check_parity, random_inputs
+    from lfm_policy.runtime.export_check import check_parity
+    from lfm_policy.runtime.interface import random_inputs
 
     if batch is not None and (not isinstance(batch, int) or batch < 1):
         raise LfmPolicyError(f"export: batch must be an int ≥ 1 or None (dynamic), got {batch!r}")

@@ -18,26 +18,7 @@ import torch
 
 from lfm_policy.errors import LfmPolicyError
 from lfm_policy.runtime.export import NOISE, OUTPUT, input_names, resolve_sampler
-
-
-# ------------------------------------------------------------------------------------------- inputs
-def random_inputs(policy, batch: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Random observation windows ``{key: (B, To, ...)}`` and noise (B, H, Da), as a robot would send them.
-
-    Images are uniform uint8; low-dim keys uniform over the training range (the normalized [−1, 1]
-    mapped back through the normalizer), float32.
-    """
-    cfg, spec = policy.config, policy.spec
-    obs = {}
-    for key, shape in spec.obs_shapes.items():
-        size = (batch, cfg.n_obs_steps, *shape)
-        if key in spec.image_keys:
-            obs[key] = rng.integers(0, 256, size, dtype=np.uint8)
-        else:
-            u = torch.from_numpy(rng.uniform(-1.0, 1.0, size).astype(np.float32))
-            obs[key] = policy.normalizer.unnormalize_key(key, u.to(policy.device)).cpu().numpy().astype(np.float32)
-    noise = rng.standard_normal((batch, cfg.horizon, spec.action_dim)).astype(np.float32)
-    return obs, noise
+from lfm_policy.runtime.interface import latency_stats, random_inputs
 
 
 def _eager_chunk(policy, obs: dict[str, np.ndarray], noise: np.ndarray, sampler: Any) -> np.ndarray:
@@ -171,7 +152,6 @@ def compare_latency(policy, path: str | os.PathLike, *, solver: Any = None, call
                 onnx_ms.append(1e3 * (t2 - t1))
     finally:
         torch.set_num_threads(threads)
-    e, o = np.asarray(eager), np.asarray(onnx_ms)
-    return LatencyReport(batch=batch, calls=calls, eager_p50_ms=float(np.percentile(e, 50)),
-                         eager_p95_ms=float(np.percentile(e, 95)), onnx_p50_ms=float(np.percentile(o, 50)),
-                         onnx_p95_ms=float(np.percentile(o, 95)))
+    e, o = latency_stats(eager), latency_stats(onnx_ms)
+    return LatencyReport(batch=batch, calls=calls, eager_p50_ms=e["p50"], eager_p95_ms=e["p95"], onnx_p50_ms=o["p50"],
+                         onnx_p95_ms=o["p95"])

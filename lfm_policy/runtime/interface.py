@@ -156,6 +156,34 @@ def validate_window(info: PolicyInfo, window: Mapping[str, Any]) -> dict[str, np
     return out
 
 
+def random_inputs(policy, batch: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Random observation windows ``{key: (B, To, ...)}`` and noise (B, H, Da), as a robot would send them.
+
+    Images are uniform uint8; low-dim keys uniform over the training range (the normalized [−1, 1]
+    mapped back through the normalizer), float32.
+    """
+    cfg, spec = policy.config, policy.spec
+    obs = {}
+    for key, shape in spec.obs_shapes.items():
+        size = (batch, cfg.n_obs_steps, *shape)
+        if key in spec.image_keys:
+            obs[key] = rng.integers(0, 256, size, dtype=np.uint8)
+        else:
+            u = torch.from_numpy(rng.uniform(-1.0, 1.0, size).astype(np.float32))
+            obs[key] = policy.normalizer.unnormalize_key(key, u.to(policy.device)).cpu().numpy().astype(np.float32)
+    noise = rng.standard_normal((batch, cfg.horizon, spec.action_dim)).astype(np.float32)
+    return obs, noise
+
+
+def latency_stats(values) -> dict[str, float | None]:
+    """``{"p50", "p95", "max", "mean"}`` of a list of timings (all None when it is empty)."""
+    if not len(values):
+        return {"p50": None, "p95": None, "max": None, "mean": None}
+    v = np.asarray(values, np.float64)
+    return {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)), "max": float(v.max()),
+            "mean": float(v.mean())}
+
+
 @runtime_checkable
 class ChunkPredictor(Protocol):
     """A policy as the runtime sees it (see the module docstring)."""
@@ -178,6 +206,8 @@ class LocalPredictor:
         policy: The policy (put in eval mode).
         solver: Sampling solver(s) (None: the checkpoint's own).
         guidance: Step size of the prefix guidance when ``predict`` gets a prefix (flow heads).
+        info: The policy's :class:`PolicyInfo` when already known (a server making one predictor per
+            connection computes it once); None computes it.
         extra: Facts added to ``info.extra``.
 
     Noise: after ``reset(seed)`` chunk k draws its noise (1, H, Da) from a generator seeded with
@@ -186,11 +216,12 @@ class LocalPredictor:
 
     """
 
-    def __init__(self, policy, *, solver=None, guidance: float = 1.0, **extra: Any):
+    def __init__(self, policy, *, solver=None, guidance: float = 1.0, info: PolicyInfo | None = None,
+                 **extra: Any):
         self.policy = policy.eval()
         self.solver = solver
         self.guidance = float(guidance)
-        self.info = policy_info(policy, solver, **extra)
+        self.info = info if info is not None else policy_info(policy, solver, **extra)
         self.last_timing: dict[str, float] = {}
         self._generator: torch.Generator | None = None
 

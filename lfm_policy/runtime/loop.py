@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from lfm_policy.config import Config, check
-from lfm_policy.runtime.interface import DEFAULT_LIMIT_MARGIN, ChunkPredictor, LocalPredictor
+from lfm_policy.runtime.interface import DEFAULT_LIMIT_MARGIN, ChunkPredictor, LocalPredictor, latency_stats
 from lfm_policy.runtime.joining import JOIN_MODES, ChunkSchedule, prefix_weights
 
 OVERRUN_POLICIES = ("continue", "hold", "stop")
@@ -97,14 +97,6 @@ class LoopConfig(Config):
         check(self.budget_ms is None or self.budget_ms > 0, "budget_ms", "must be > 0")
         if self.hold_action is not None:
             self.hold_action = tuple(float(a) for a in self.hold_action)
-
-
-def _stats(values: Sequence[float]) -> dict[str, float | None]:
-    if not len(values):
-        return {"p50": None, "p95": None, "max": None, "mean": None}
-    v = np.asarray(values, np.float64)
-    return {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)), "max": float(v.max()),
-            "mean": float(v.mean())}
 
 
 @dataclass
@@ -357,7 +349,7 @@ class ControlLoop:
             if report.stop_reason not in ("done", "max_steps", "duration", "stopped"):
                 self._stop_robot(robot, last_action)
         report.wall_s = self._clock() - t_start
-        report.jitter_ms, report.inference_ms = _stats(jitter), _stats(infer_ms)
+        report.jitter_ms, report.inference_ms = latency_stats(jitter), latency_stats(infer_ms)
         report.actions = np.stack(sent) if sent else np.zeros((0, info.action_dim), np.float32)
         describe = getattr(robot, "report", None)
         if describe is not None:

@@ -9,8 +9,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from lfm_policy.runtime.interface import parse_solver  # noqa: F401  (part of this module's interface)
-
 logger = logging.getLogger(__name__)
 
 
@@ -64,6 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from lfm_policy import Policy
     from lfm_policy.errors import LfmPolicyError
+    from lfm_policy.runtime.interface import parse_solver
     from lfm_policy.runtime.server import PolicyServer
 
     torch.set_num_threads(max(1, args.threads))

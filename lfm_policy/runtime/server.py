@@ -50,7 +50,7 @@ from websockets.exceptions import ConnectionClosed
 import lfm_policy
 from lfm_policy.errors import LfmPolicyError
 from lfm_policy.runtime import protocol
-from lfm_policy.runtime.interface import ChunkPredictor, LocalPredictor, ObservationError, validate_window
+from lfm_policy.runtime.interface import ChunkPredictor, LocalPredictor, ObservationError, policy_info, validate_window
 from lfm_policy.runtime.protocol import DEFAULT_LIMITS, Limits, ProtocolError
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ class PolicyServer:
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, solver: Any = None,
                  limits: Limits = DEFAULT_LIMITS, ping_interval: float | None = 20.0, **extra: Any):
         if isinstance(policy, nn.Module):
-            self._factory: Callable[[], ChunkPredictor] = lambda: LocalPredictor(policy, solver=solver, **extra)
+            info = policy_info(policy, solver, **extra)  # once: every connection's predictor shares it
+            self._factory: Callable[[], ChunkPredictor] = lambda: LocalPredictor(policy, solver=solver, info=info)
         elif callable(policy):
             self._factory = policy
         else:

@@ -7,8 +7,9 @@ from runtime_helpers import tiny_policy
 
 from lfm_policy.cli import main
 from lfm_policy.errors import LfmPolicyError
-from lfm_policy.runtime.bench import bench_policy, choose_solver, parse_solver, random_obs, solver_ladder
+from lfm_policy.runtime.bench import bench_policy, choose_solver, random_obs, solver_ladder
 from lfm_policy.runtime.inpaint import guided_chunk
+from lfm_policy.runtime.interface import parse_solver
 from lfm_policy.runtime.joining import prefix_weights
 
 

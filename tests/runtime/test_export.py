@@ -19,7 +19,8 @@ from lfm_policy.flow.distill import DistillConfig
 from lfm_policy.heads import DiffusionSampler
 from lfm_policy.runtime import export as export_mod
 from lfm_policy.runtime.export import export_onnx, input_names, resolve_sampler
-from lfm_policy.runtime.export_check import compare_latency, onnx_session, random_inputs
+from lfm_policy.runtime.export_check import compare_latency, onnx_session
+from lfm_policy.runtime.interface import random_inputs
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

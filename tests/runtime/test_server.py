@@ -22,9 +22,9 @@ from lfm_policy import Policy
 from lfm_policy.errors import LfmPolicyError
 from lfm_policy.runtime import protocol
 from lfm_policy.runtime.client import PolicyClient, PolicyServerError
-from lfm_policy.runtime.interface import ChunkPredictor, LocalPredictor, ObservationError
+from lfm_policy.runtime.interface import ChunkPredictor, LocalPredictor, ObservationError, parse_solver
 from lfm_policy.runtime.protocol import Limits, ProtocolError
-from lfm_policy.runtime.serve_cli import parse_solver, read_token
+from lfm_policy.runtime.serve_cli import read_token
 from lfm_policy.runtime.server import PolicyServer, is_loopback
 
 TOKEN = "s3cret-token"
