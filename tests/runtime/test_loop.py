@@ -177,15 +177,27 @@ def test_synchronous_loop_reproduces_eval_episodes():
             assert r.extra["is_success"] == ep.success
 
 
+class EndlessSimRobot(SimRobot):
+    """The toy simulator, reset whenever an episode ends, so the loop runs (and steps it) for as long as asked."""
+
+    def send_action(self, action):
+        if self._done:
+            self.reset()
+        super().send_action(action)
+
+    def done(self):
+        return False
+
+
 @pytest.mark.parametrize("rate", [10, 50])
 def test_loop_holds_its_rate_on_a_simulated_robot(rate):
-    robot = SimRobot("toy/point-obstacle")
+    robot = EndlessSimRobot("toy/point-obstacle")
     robot.reset(seed=0)
     with ControlLoop(toy_policy(), LoopConfig(rate_hz=rate)) as loop:
-        r = loop.run(robot, max_steps=int(rate * 1.2))
+        r = loop.run(robot, max_steps=int(rate * 3))  # 3 s: a stall of a busy CI neighbour is one outlier, not p95
     period_ms = 1e3 / rate
     assert r.jitter_ms["p95"] < 0.25 * period_ms, r.jitter_ms  # stated bound: docs/runtime.md has the figures
-    assert r.wall_s == pytest.approx(r.steps / rate, rel=0.1)
+    assert r.wall_s == pytest.approx(r.steps / rate, rel=0.1), (r.wall_s, r.late_ticks, r.jitter_ms)
 
 
 def test_control_cli_runs_episodes(tmp_path):
