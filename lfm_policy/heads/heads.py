@@ -103,10 +103,14 @@ class FlowHead(ActionHead):
         if not self.ready:
             raise LfmPolicyError(f"lfm head: only {int(self.chain.n_trained)} of {self.chain.n_blocks} blocks are "
                                  "trained; the chain samples once its last block is training")
-        if solver is None and self.distill is not None:
-            solver = self._solvers_while_distilling()
-        return self.chain.sample(cond, noise=self._noise(cond, noise, generator), solver=solver,
+        return self.chain.sample(cond, noise=self._noise(cond, noise, generator), solver=self.block_solvers(solver),
                                  require_trained=False)
+
+    def block_solvers(self, solver: Solvers | None = None) -> list[SolverConfig]:
+        """The solver of each block that :meth:`sample` uses for ``solver`` (None: the defaults)."""
+        if solver is None and self.distill is not None:
+            return self._solvers_while_distilling()
+        return self.chain.solvers(solver)
 
     def _solvers_while_distilling(self) -> list[SolverConfig]:
         """The default solvers, with the teacher's ODE for blocks whose student has not started yet."""

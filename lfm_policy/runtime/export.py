@@ -130,8 +130,7 @@ def resolve_sampler(policy, solver=None) -> tuple[Any, int]:
         if not head.ready:
             raise LfmPolicyError(f"export: the {kind} head is not trained (every block must be)")
         try:
-            distilling = solver is None and head.distill is not None
-            solvers = head._solvers_while_distilling() if distilling else head.chain.solvers(solver)
+            solvers = head.block_solvers(solver)
         except ValueError as e:
             raise LfmPolicyError(f"export: solver: {e}") from None
         for n, s in enumerate(solvers):

@@ -30,13 +30,6 @@ from lfm_policy.errors import LfmPolicyError
 from lfm_policy.flow.solvers import STUDENT, SolverConfig, integrate_fixed
 
 
-def _block_solvers(head, solver) -> list[SolverConfig]:
-    chain = head.chain
-    if solver is None and head.distill is not None:
-        return head._solvers_while_distilling()
-    return chain.solvers(solver)
-
-
 def _block_plan(chain, n: int, s: SolverConfig):
     """(network block, method, steps) that integrates block n with solver ``s`` (EMA weights)."""
     if s.method == STUDENT:
@@ -75,7 +68,7 @@ def guided_chunk(policy, cond: torch.Tensor, noise: torch.Tensor, prefix: np.nda
     y = policy.normalizer.normalize_key("action", y[:, :p])
     w = torch.ones(p) if weights is None else torch.as_tensor(np.asarray(weights, np.float32)[:p])
     w = w.to(cond.device)[None, :, None]  # (1, P, 1)
-    solvers = _block_solvers(head, solver)
+    solvers = head.block_solvers(solver)
     plans = [_block_plan(chain, n, s) for n, s in enumerate(solvers)]
 
     def estimate(x: torch.Tensor, n: int, t: torch.Tensor) -> torch.Tensor:
