@@ -10,6 +10,8 @@ construction.
 
 Observations (``spaces.Dict``):
     state: float32 (39,) Meta-World's observation (hand, gripper, objects, previous frame, goal).
+    proprio: float32 (4,) the robot's own part of it, ``state[:4]``: hand xyz and gripper opening —
+        what a camera policy reads besides its image (objects and goal must then come from pixels).
     <camera>_image: uint8 (S, S, 3), only with ``images=True``; upright.
 
 Images are rendered with a ``mujoco.Renderer``; ``render_settings="fast"`` (default) turns shadows,
@@ -56,6 +58,7 @@ METAWORLD_CAMERAS: tuple[str, ...] = (
 """Cameras of the Meta-World scenes."""
 
 STATE_DIM = 39
+PROPRIO_DIM = 4  # state[:4]: hand position (3) and gripper opening (1)
 
 
 class MetaWorldEnv(gym.Env):
@@ -118,6 +121,7 @@ class MetaWorldEnv(gym.Env):
 
         obs_spaces: dict[str, spaces.Space] = {
             "state": spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
+            "proprio": spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32),
         }
         self.image_key = f"{camera}_image"
         if self.images:
@@ -160,7 +164,8 @@ class MetaWorldEnv(gym.Env):
         return np.ascontiguousarray(frame)
 
     def _observation(self, state: np.ndarray) -> dict[str, np.ndarray]:
-        obs = {"state": np.asarray(state, dtype=np.float32)}
+        state = np.asarray(state, dtype=np.float32)
+        obs = {"state": state, "proprio": state[:PROPRIO_DIM].copy()}
         if self.images:
             self._last_image = self._render_camera()
             obs[self.image_key] = self._last_image

@@ -78,6 +78,8 @@ class RobosuiteEnv(gym.Env):
         hard_reset: Rebuild the model on every reset (True) or reset in place (False); None keeps
             ``env_meta``'s value (robosuite's default True when it has none).
         render_settings: ``"fast"`` or ``"default"`` (robosuite's own renderer, robomimic's pixels).
+        cameras: With ``images``, the cameras to render (a subset of :data:`ROBOSUITE_CAMERAS`; default
+            all): an image policy that reads one camera need not pay for the other.
 
     Attributes:
         env_meta: This env's robomimic metadata as robomimic serializes it for a dataset's ``env_args``
@@ -100,6 +102,7 @@ class RobosuiteEnv(gym.Env):
         terminate_on_success: bool = True,
         hard_reset: bool | None = None,
         render_settings: str = "fast",
+        cameras: tuple[str, ...] | list[str] | None = None,
     ) -> None:
         if name not in ROBOSUITE_TASK_NAMES:
             raise LfmPolicyError(f"unknown robosuite task {name!r}; known: {', '.join(ROBOSUITE_TASK_NAMES)}")
@@ -121,7 +124,11 @@ class RobosuiteEnv(gym.Env):
         if self.max_episode_steps <= 0:
             raise LfmPolicyError(f"max_episode_steps must be positive, got {max_episode_steps}")
         self.terminate_on_success = bool(terminate_on_success)
-        self.cameras = ROBOSUITE_CAMERAS if self.images else ()
+        chosen = tuple(ROBOSUITE_CAMERAS if cameras is None else cameras)
+        unknown = [c for c in chosen if c not in ROBOSUITE_CAMERAS]
+        if unknown or not chosen:
+            raise LfmPolicyError(f"cameras {list(chosen)}: choose a non-empty subset of {list(ROBOSUITE_CAMERAS)}")
+        self.cameras = tuple(c for c in ROBOSUITE_CAMERAS if c in chosen) if self.images else ()
 
         env_utils = import_robomimic_env_utils()
         # robomimic prints its observation spec; library code stays quiet. Building the model draws
@@ -359,6 +366,7 @@ def make_robosuite_env(
     terminate_on_success: bool = True,
     hard_reset: bool | None = None,
     render_settings: str = "fast",
+    cameras: tuple[str, ...] | list[str] | None = None,
 ) -> RobosuiteEnv:
     """Create robosuite task ``name`` from robomimic env metadata (see :class:`RobosuiteEnv`).
 
@@ -381,6 +389,7 @@ def make_robosuite_env(
         terminate_on_success=terminate_on_success,
         hard_reset=hard_reset,
         render_settings=render_settings,
+        cameras=cameras,
     )
 
 

@@ -210,22 +210,34 @@ class PointObstacleEnv(gym.Env):
     def _info(self, success: bool, collision: bool) -> dict[str, Any]:
         return {"is_success": bool(success), "collision": bool(collision), "mode": self.mode}
 
-    def _disc(self, centre: np.ndarray, radius: float) -> np.ndarray:
-        """Boolean (S, S) mask of the pixels whose centre lies inside the disc."""
-        return (self._grid_x - centre[0]) ** 2 + (self._grid_y - centre[1]) ** 2 <= radius * radius
+    def _coverage(self, centre: np.ndarray, radius: float) -> np.ndarray:
+        """Float (S, S) fraction of each pixel the disc covers, anti-aliased over one pixel.
+
+        The edge ramps linearly over one pixel width around the exact radius, so a disc smaller than a
+        pixel still moves the image when it moves by a fraction of a pixel (as a camera's pixels
+        integrate light): at low resolution its position stays readable below the pixel size.
+        """
+        pixel = 2.0 / self.config.image_size
+        dist = np.sqrt((self._grid_x - centre[0]) ** 2 + (self._grid_y - centre[1]) ** 2)  # (S, S)
+        return np.clip((radius - dist) / pixel + 0.5, 0.0, 1.0)
+
+    @staticmethod
+    def _paint(img: np.ndarray, alpha: np.ndarray, rgb: np.ndarray) -> None:
+        """Blend colour ``rgb`` into float ``img`` (S, S, 3) with per-pixel weights ``alpha`` (S, S)."""
+        img += alpha[..., None] * (rgb.astype(np.float32) - img)
 
     def _image(self) -> np.ndarray:
-        """Render the scene: uint8 (S, S, 3), upright (row 0 is the top of the arena)."""
+        """Render the scene: uint8 (S, S, 3), upright (row 0 is the top of the arena), anti-aliased."""
         size = self.config.image_size
         if self._background is None:
-            bg = np.broadcast_to(_BACKGROUND, (size, size, 3)).copy()
+            bg = np.broadcast_to(_BACKGROUND.astype(np.float32), (size, size, 3)).copy()
             for ox, oy, r in self._obstacles:
-                bg[self._disc(np.array([ox, oy]), r)] = _OBSTACLE_RGB
+                self._paint(bg, self._coverage(np.array([ox, oy]), r), _OBSTACLE_RGB)
             self._background = bg
         img = self._background.copy()
-        img[self._disc(self._goal, _GOAL_DRAW_RADIUS)] = _GOAL_RGB
-        img[self._disc(self._pos, _AGENT_DRAW_RADIUS)] = _AGENT_RGB
-        return img
+        self._paint(img, self._coverage(self._goal, _GOAL_DRAW_RADIUS), _GOAL_RGB)
+        self._paint(img, self._coverage(self._pos, _AGENT_DRAW_RADIUS), _AGENT_RGB)
+        return np.rint(img).astype(np.uint8)
 
 
 class PointObstacleExpert:

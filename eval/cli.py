@@ -172,6 +172,11 @@ def _eval(args: argparse.Namespace) -> int:
     policy = Policy.load(args.checkpoint, map_location=args.device)
     images = args.images or bool(policy.spec.image_keys)
     task, env_kwargs, source = _environment(args, images)
+    if policy.spec.image_keys:  # render only the policy's cameras, at its resolution
+        from lfm_policy.eval.environment import policy_camera_kwargs
+
+        env_kwargs = policy_camera_kwargs(task, {k: policy.spec.obs_shapes[k] for k in policy.spec.image_keys},
+                                          env_kwargs)
     runs = _solver_runs(policy, args.nfe, args.solver)
     out = Path(args.out)
     config = EvalConfig(task=task, n_envs=args.n_envs, images=images, env_kwargs=env_kwargs,

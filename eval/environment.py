@@ -85,6 +85,36 @@ def describe_env(env: Any) -> dict[str, Any]:
     return jsonable(desc)
 
 
+def policy_camera_kwargs(task: str, image_shapes: dict[str, tuple[int, ...]],
+                         env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Env options that render only the cameras a policy reads, at the policy's resolution.
+
+    For the built-in families (toy, Meta-World, robosuite): ``image_size`` from the images' (H, W, C)
+    shape (when square and all equal), Meta-World's ``camera`` from its single ``<camera>_image`` key,
+    robosuite's ``cameras`` from its ``<camera>_image`` keys. Options already in ``env_kwargs`` win;
+    other tasks get ``env_kwargs`` unchanged.
+
+    Args:
+        task: Registered task name.
+        image_shapes: ``{key: (H, W, C)}`` of the policy's camera keys.
+        env_kwargs: Options given so far (``--env-arg``, ``--env-from``).
+
+    """
+    out = dict(env_kwargs)
+    family = task.split("/", 1)[0]
+    if not image_shapes or family not in ("toy", "metaworld", "robosuite"):
+        return out
+    sides = {(int(s[0]), int(s[1])) for s in image_shapes.values()}
+    if len(sides) == 1 and (side := sides.pop())[0] == side[1]:
+        out.setdefault("image_size", side[0])
+    cams = [k[: -len("_image")] for k in sorted(image_shapes) if k.endswith("_image")]
+    if family == "metaworld" and len(cams) == 1:
+        out.setdefault("camera", cams[0])
+    if family == "robosuite" and cams:
+        out.setdefault("cameras", cams)
+    return out
+
+
 def environment_record(task: str, images: bool, env_kwargs: dict[str, Any], source: str,
                        description: dict[str, Any] | None) -> dict[str, Any]:
     """The ``environment`` entry of ``results.json`` (see the module docstring)."""

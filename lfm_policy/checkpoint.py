@@ -73,6 +73,18 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def _upgrade_config(config: dict) -> dict:
+    """A saved policy config in today's form: fields added since keep the behaviour it was trained with.
+
+    ``encoder.feature_norm`` (camera-feature standardization) is on by default today; checkpoints
+    saved before it existed have none.
+    """
+    encoder = config.get("encoder")
+    if isinstance(encoder, dict) and "feature_norm" not in encoder:
+        config = {**config, "encoder": {**encoder, "feature_norm": False}}
+    return config
+
+
 def load_policy(path: str | os.PathLike, *, map_location: str = "cpu",
                 expect_obs_shapes: dict[str, tuple[int, ...]] | None = None) -> Policy:
     """Load a checkpoint written by :func:`save_policy` (no pickle involved).
@@ -89,7 +101,7 @@ def load_policy(path: str | os.PathLike, *, map_location: str = "cpu",
 
     path = Path(path)
     meta = read_checkpoint_meta(path)
-    config = PolicyConfig.from_dict(meta["config"], where=str(path / META))
+    config = PolicyConfig.from_dict(_upgrade_config(meta["config"]), where=str(path / META))
     spec = PolicySpec.from_dict(meta["spec"], where=str(path / META))
     if expect_obs_shapes is not None:
         check_spec(spec, expect_obs_shapes, path)
@@ -149,6 +161,36 @@ def init_weights(policy: Policy, checkpoint: str | os.PathLike, *, map_location:
         what, bad = ("missing", missing[0]) if missing else ("unexpected", result.unexpected_keys[0])
         raise CheckpointError(f"{checkpoint}: its weights do not fit this policy ({what} {bad!r}); init_from "
                               "needs a checkpoint of the same architecture")
+
+
+def init_encoder(policy: Policy, checkpoint: str | os.PathLike, *, map_location: str = "cpu") -> None:
+    """Load ``checkpoint``'s EMA observation encoder into ``policy.encoder`` and its EMA copy.
+
+    Raises:
+        CheckpointError: Other observations, no trainable encoder, or an encoder of another architecture.
+
+    """
+    from safetensors.torch import load_file
+
+    meta = read_checkpoint_meta(checkpoint)
+    spec = PolicySpec.from_dict(meta["spec"], where=str(checkpoint))
+    check_spec(spec, dict(policy.spec.obs_shapes), checkpoint)
+    if set(spec.obs_shapes) != set(policy.spec.obs_shapes):
+        raise CheckpointError(f"{checkpoint}: its encoder reads {sorted(spec.obs_shapes)}, this policy "
+                              f"{sorted(policy.spec.obs_shapes)}")
+    state = load_file(str(Path(checkpoint) / WEIGHTS), device=map_location)
+    prefix = "ema_encoder." if any(k.startswith("ema_encoder.") for k in state) else "encoder."
+    enc_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not enc_state or policy.ema_encoder is None:
+        raise CheckpointError(f"{checkpoint}: no trainable observation encoder to start from (low-dim keys "
+                              "concatenated as they are have no weights)")
+    try:
+        policy.encoder.load_state_dict(enc_state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{checkpoint}: its encoder does not fit this policy's encoder config "
+                              f"({first})") from None
+    policy.ema_encoder.load_state_dict(enc_state)
 
 
 def check_spec(spec: PolicySpec, obs_shapes: dict[str, tuple[int, ...]], where: Path | str) -> None:

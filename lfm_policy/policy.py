@@ -29,7 +29,7 @@ from lfm_policy.heads import HeadConfig, build_head
 from lfm_policy.nets.obs_encoder import ObsEncoder, ObsEncoderConfig
 from lfm_policy.normalizer import LinearNormalizer
 
-ENCODER_TRAINING = ("first_stage", "every_stage")
+ENCODER_TRAINING = ("first_stage", "every_stage", "fm_first", "frozen")
 
 
 @dataclass
@@ -46,7 +46,16 @@ class PolicyConfig(Config):
         encoder_training: ``first_stage``: the encoder trains with the first stage (LFM block 1) and is
             frozen afterwards, so the conditions that earlier blocks were trained on never change
             (default); ``every_stage``: it keeps training with every block (earlier, frozen blocks
-            then see drifting conditions — kept as the tested alternative).
+            then see drifting conditions — measured the better choice for image policies, see
+            docs/visuomotor.md); ``frozen``: it never trains — for an encoder loaded from another
+            checkpoint (``TrainConfig.init_encoder_from``, e.g. an FM policy trained first);
+            ``fm_first`` (``lfm`` heads): one extra first stage trains the encoder with a plain FM head
+            (the same net, on the whole data→noise path, where the condition decides the outcome), and
+            the blocks then train on its frozen EMA copy — measured the best for image policies
+            (docs/visuomotor.md). The FM head is kept in the checkpoint but never samples. With other
+            heads, or an encoder without weights (low-dim keys concatenated), it is ``first_stage``.
+        encoder_ema: Keep an EMA copy of the encoder (``head.ema``'s schedule) for inference and for the
+            conditions of stages where it no longer trains; False copies the trained weights instead.
 
     """
 
@@ -57,6 +66,7 @@ class PolicyConfig(Config):
     encoder: ObsEncoderConfig = field(default_factory=ObsEncoderConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     encoder_training: str = "first_stage"
+    encoder_ema: bool = True
 
     def __post_init__(self) -> None:
         check(self.n_obs_steps >= 1, "n_obs_steps", f"must be ≥ 1, got {self.n_obs_steps}")
@@ -128,6 +138,27 @@ class Policy(nn.Module):
         if any(True for _ in self.encoder.parameters()):
             self.ema_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
             self.register_buffer("ema_encoder_step", torch.zeros((), dtype=torch.long))
+        # encoder_training=fm_first: the FM head of the encoder's own stage (kept when distilling, so the
+        # teacher's weights load; it only trains before the blocks).
+        self.encoder_head = None
+        if config.encoder_training == "fm_first" and config.head.kind == "lfm" and self.ema_encoder is not None:
+            chain = config.head.chain.replace(gammas=None, sample_solvers=None, student_steps=None)  # 1 block
+            fm = config.head.replace(kind="fm", distill=None, block_params=None, chain=chain)
+            self.encoder_head = build_head(fm, (config.horizon, spec.action_dim), self.encoder.output_dim)
+
+    def train(self, mode: bool = True) -> Policy:
+        """Set training mode; the EMA encoder's batch-norm layers always use their running statistics.
+
+        The EMA copy gives the conditions of stages where the encoder is frozen: they must not depend on
+        the batch they sit in. Its running statistics are copied from the trained encoder at each EMA
+        update (random crops still follow ``mode``).
+        """
+        super().train(mode)
+        if self.ema_encoder is not None:
+            for m in self.ema_encoder.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     # ------------------------------------------------------------------------------ observations
     def _prepare_obs(self, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -172,9 +203,25 @@ class Policy(nn.Module):
         return encoder(self._prepare_obs(obs), generator=generator)
 
     # --------------------------------------------------------------------------------- training
+    @property
+    def n_stages(self) -> int:
+        """Training stages: the head's, after the encoder's own FM stage with ``fm_first``."""
+        return self.head.n_stages + self._offset
+
+    @property
+    def _offset(self) -> int:
+        """1 while an ``fm_first`` encoder stage precedes the head's stages (not when distilling)."""
+        return int(self.encoder_head is not None and self.config.head.distill is None)
+
+    def _stage_owner(self, stage: int) -> tuple[nn.Module, int]:
+        """(the head that trains in ``stage``, its own stage index)."""
+        if self._offset and stage == 0:
+            return self.encoder_head, 0
+        return self.head, stage - self._offset
+
     def encoder_trains(self, stage: int) -> bool:
         """Whether the encoder is optimized in ``stage`` (``encoder_training``; never while distilling)."""
-        if self.config.head.distill is not None:
+        if self.config.head.distill is not None or self.config.encoder_training == "frozen":
             return False
         return stage == 0 or self.config.encoder_training == "every_stage"
 
@@ -193,26 +240,35 @@ class Policy(nn.Module):
         train_encoder = self.encoder_trains(stage)
         with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
             cond = self.encode(batch["obs"], generator=generator, ema=not train_encoder)
-        loss = self.head.loss(action, cond, stage=stage, generator=generator)
+        head, head_stage = self._stage_owner(stage)
+        loss = head.loss(action, cond, stage=head_stage, generator=generator)
         return loss, {"loss": loss.item(), "stage": stage}
 
     def begin_stage(self, stage: int) -> None:
-        """Before the first step of ``stage``: the head's hook; the encoder's EMA starts at stage 0."""
-        self.head.begin_stage(stage)
-        if stage == 0 and self.ema_encoder is not None:
+        """Before the first step of ``stage``: the head's hook; the encoder's EMA starts at stage 0.
+
+        Only when the encoder trains in stage 0: a distillation (or a frozen, loaded encoder) keeps the
+        EMA encoder its blocks were trained on.
+        """
+        head, head_stage = self._stage_owner(stage)
+        head.begin_stage(head_stage)
+        if stage == 0 and self.ema_encoder is not None and self.encoder_trains(0):
             self.ema_encoder.load_state_dict(self.encoder.state_dict())
             self.ema_encoder_step.zero_()
 
     def after_step(self, stage: int) -> None:
         """After each optimizer step: EMA of the head, and of the encoder where it trains."""
-        self.head.after_step(stage)
+        head, head_stage = self._stage_owner(stage)
+        head.after_step(head_stage)
         if self.ema_encoder is not None and self.encoder_trains(stage):
             self.ema_encoder_step += 1
-            ema_update(self.ema_encoder, self.encoder, self.config.head.ema.decay(int(self.ema_encoder_step)))
+            decay = self.config.head.ema.decay(int(self.ema_encoder_step)) if self.config.encoder_ema else 0.0
+            ema_update(self.ema_encoder, self.encoder, decay)
 
     def end_stage(self, stage: int) -> None:
         """When ``stage`` is finished (an LFM block is frozen)."""
-        self.head.end_stage(stage)
+        head, head_stage = self._stage_owner(stage)
+        head.end_stage(head_stage)
 
     def forward(self, batch: Mapping, stage: int = 0) -> torch.Tensor:
         """Training loss (what DDP wraps); see :meth:`compute_loss`."""
@@ -220,7 +276,8 @@ class Policy(nn.Module):
 
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
         """Parameters optimized in ``stage``: the head's, plus the encoder's where it trains."""
-        params = list(self.head.stage_parameters(stage))
+        head, head_stage = self._stage_owner(stage)
+        params = list(head.stage_parameters(head_stage))
         if self.encoder_trains(stage):
             params += list(self.encoder.parameters())
         return params

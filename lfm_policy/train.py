@@ -1,7 +1,8 @@
 """Training loop: staged (one stage per LFM block), EMA, AMP, checkpoints, resume, DDP.
 
-``train(config)`` trains a policy on a replay buffer. Stages come from the head (an LFM head has one
-per block, trained one after another with ``stage_steps`` each; other heads have one). Within a stage
+``train(config)`` trains a policy on a replay buffer. Stages come from the policy (an LFM head has one
+per block, trained one after another with ``stage_steps`` each, after the encoder's own FM stage with
+``encoder_training=fm_first``; other heads have one). Within a stage
 only that stage's parameters train (and the encoder where ``encoder_training`` says so).
 Checkpoints are written atomically to ``out_dir/checkpoints/latest`` every ``checkpoint_every`` steps
 and at each stage end; ``best-*`` keep the ``keep_best`` lowest validation action errors among the
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-from lfm_policy.checkpoint import init_weights
+from lfm_policy.checkpoint import init_encoder, init_weights
 from lfm_policy.errors import LfmPolicyError
 from lfm_policy.flow.fit import cosine_with_warmup
 from lfm_policy.flow.solvers import SolverConfig
@@ -124,7 +125,9 @@ class Trainer:
         self.policy = Policy(p, spec, normalizer).to(self.device)
         if config.init_from and not resume:
             init_weights(self.policy, config.init_from, map_location=str(self.device))
-        self.stage_steps = config.steps_for(self.policy.head.n_stages)
+        if config.init_encoder_from and not resume:
+            init_encoder(self.policy, config.init_encoder_from, map_location=str(self.device))
+        self.stage_steps = config.steps_for(self.policy.n_stages)
         self.progress = {"stage": 0, "stage_step": 0, "global_step": 0, "epoch": 0, "stage_started": False,
                          "best": []}
         self._pending_train_state: Path | None = None  # optimizer state to restore when the stage starts
@@ -140,7 +143,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------- loop
     def run(self) -> Path:
         """Train every remaining stage; returns the ``latest`` checkpoint path."""
-        cfg, n_stages = self.config, self.policy.head.n_stages
+        cfg, n_stages = self.config, self.policy.n_stages
         resumed = None
         if self.resume:
             self.progress.update(self._load_latest())
@@ -167,7 +170,7 @@ class Trainer:
 
     def _run_stage(self, stage: int) -> None:
         cfg, policy = self.config, self.policy
-        n_stages = policy.head.n_stages
+        n_stages = policy.n_stages
         steps = self.stage_steps[stage]
         if self.progress["stage"] != stage or not self.progress["stage_started"]:
             policy.begin_stage(stage)
@@ -282,7 +285,7 @@ class Trainer:
             if i >= self.config.val_batches:
                 break
             batch = _to_device(batch, self.device)
-            loss, _ = policy.compute_loss(batch, stage=min(stage, policy.head.n_stages - 1), generator=gen)
+            loss, _ = policy.compute_loss(batch, stage=min(stage, policy.n_stages - 1), generator=gen)
             losses.append(loss.item())
             if can_sample:
                 cond = policy.encode(batch["obs"])  # once for the prediction and the NLL
@@ -303,7 +306,7 @@ class Trainer:
         if nlls:
             rec["val_nll"] = sum(nlls) / len(nlls)
         self.log.result(rec, "validation")
-        if errors and stage == policy.head.n_stages - 1:
+        if errors and stage == policy.n_stages - 1:
             self._maybe_keep_best(rec["val_action_mse"])
 
     def _rollout(self, stage: int) -> None:

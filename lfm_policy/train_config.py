@@ -66,6 +66,10 @@ class TrainConfig(Config):
         init_from: Checkpoint whose weights (and normalizer) the policy starts from, e.g. the teacher of
             a distillation (``lfm-policy distill``); the policy's own new modules (students) are the
             only weights it may lack.
+        init_encoder_from: Checkpoint whose observation encoder (its EMA copy, the one inference uses)
+            this policy starts from, the head trained from scratch — e.g. an FM policy's encoder for an
+            LFM policy with ``policy.encoder_training=frozen``. Same observations and encoder config;
+            low-dim keys are read through this run's normalizer, so train both on the same data.
 
     """
 
@@ -91,6 +95,7 @@ class TrainConfig(Config):
     sized_for: str = "cpu"
     about: str = ""
     init_from: str = ""
+    init_encoder_from: str = ""
 
     def __post_init__(self) -> None:
         check(self.sized_for in ("cpu", "gpu"), "sized_for", f"must be 'cpu' or 'gpu', got {self.sized_for!r}")
@@ -105,6 +110,11 @@ class TrainConfig(Config):
         check(self.rollout_every >= 0 and self.rollout_episodes >= 1, "rollout_every/rollout_episodes",
               "rollout_every must be ≥ 0 and rollout_episodes ≥ 1")
         check(not self.rollout_every or bool(self.rollout_task), "rollout_task", "needed when rollout_every > 0")
+        check(not (self.init_from and self.init_encoder_from), "init_encoder_from",
+              "give init_from (all weights) or init_encoder_from (the encoder), not both")
+        check(self.policy.encoder_training != "frozen" or bool(self.init_from or self.init_encoder_from),
+              "policy.encoder_training", "'frozen' needs init_encoder_from (or init_from): a frozen random "
+              "encoder is never what you want")
 
     def steps_for(self, n_stages: int) -> list[int]:
         """Steps of each stage."""

@@ -35,6 +35,9 @@ class ObsEncoderConfig(Config):
         lowdim_mlp_dims: Hidden/output sizes of an MLP on the concatenated low-dim keys (ReLU between
             layers); empty = concatenate them as they are.
         small_cnn_channels: Channels of the ``small_cnn`` layers (multiples of 16, for GroupNorm).
+        feature_norm: Standardize each camera feature over the batch (running statistics at inference;
+            see :class:`~lfm_policy.nets.vision.ImageFeatureNet`). Without it image policies trained by
+            flow matching on this CPU's budgets ignored the image (docs/visuomotor.md).
 
     """
 
@@ -45,6 +48,7 @@ class ObsEncoderConfig(Config):
     rgb_feature_dim: int = 64
     lowdim_mlp_dims: tuple[int, ...] = ()
     small_cnn_channels: tuple[int, ...] = (32, 64, 64)
+    feature_norm: bool = True
 
     def __post_init__(self) -> None:
         check(self.backbone in BACKBONES, "backbone", f"must be one of {BACKBONES}, got {self.backbone!r}")
@@ -136,7 +140,7 @@ class ObsEncoder(nn.Module):
 
         def image_net(in_channels: int) -> ImageFeatureNet:
             return ImageFeatureNet(config.backbone, in_channels, config.num_keypoints, config.rgb_feature_dim,
-                                   config.small_cnn_channels)
+                                   config.small_cnn_channels, config.feature_norm)
 
         # ModuleList in sorted-key order (ModuleDict would reject keys containing dots).
         if not self.rgb_keys:

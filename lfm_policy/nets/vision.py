@@ -112,7 +112,7 @@ def crop_images(images: torch.Tensor, crop: tuple[int, int], *, random: bool,
 
 
 class ImageFeatureNet(nn.Module):
-    """Backbone → spatial softmax → Linear: one camera image to a feature vector.
+    """Backbone → spatial softmax → Linear (→ standardization): one camera image to a feature vector.
 
     Args:
         backbone: ``"resnet18"`` or ``"small_cnn"``.
@@ -120,11 +120,16 @@ class ImageFeatureNet(nn.Module):
         num_keypoints: Spatial-softmax keypoints K (2K features before the linear layer).
         feature_dim: Output size.
         small_cnn_channels: Channels of the ``small_cnn`` layers.
+        feature_norm: Standardize each output feature over the batch (``BatchNorm1d`` without affine
+            parameters; running statistics at inference). Keypoints of a fresh network hardly move
+            between images (spread ~0.002 on the toy camera), and a flow-matching loss, whose gradient
+            to the condition is mostly noise at first, shrinks them further instead of using them; with
+            unit spread per feature the head sees the image from the first step (docs/visuomotor.md).
 
     """
 
     def __init__(self, backbone: str, in_channels: int, num_keypoints: int, feature_dim: int,
-                 small_cnn_channels: tuple[int, ...]):
+                 small_cnn_channels: tuple[int, ...], feature_norm: bool = True):
         super().__init__()
         if backbone == "resnet18":
             self.trunk, c = resnet18_trunk(in_channels)
@@ -134,7 +139,13 @@ class ImageFeatureNet(nn.Module):
             raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
         self.keypoints = SpatialSoftmax(c, num_keypoints)
         self.proj = nn.Linear(2 * num_keypoints, feature_dim)
+        self.norm = nn.BatchNorm1d(feature_dim, affine=False) if feature_norm else nn.Identity()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (N, C, H, W) in [0, 1] → (N, feature_dim)."""
-        return self.proj(self.keypoints(self.trunk(images)).flatten(1))
+        feat = self.proj(self.keypoints(self.trunk(images)).flatten(1))  # (N, feature_dim)
+        if self.training and feat.shape[0] == 1 and isinstance(self.norm, nn.BatchNorm1d):
+            # one image has no batch statistics: use the running ones (as at inference)
+            return nn.functional.batch_norm(feat, self.norm.running_mean, self.norm.running_var, training=False,
+                                            eps=self.norm.eps)
+        return self.norm(feat)

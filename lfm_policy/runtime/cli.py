@@ -131,7 +131,11 @@ def _control(args: argparse.Namespace) -> int:
     policy, solver = _policy(args)
     cfg = LoopConfig(rate_hz=args.rate, prefetch=not args.no_prefetch, join=args.join, on_overrun=args.on_overrun,
                      execute_steps=args.execute_steps, budget_ms=args.budget_ms)
-    robot = SimRobot(args.task, images=args.images)
+    from lfm_policy.eval.environment import policy_camera_kwargs
+
+    spec = policy.spec if hasattr(policy, "spec") else policy.info  # a Policy or a PolicyClient
+    cams = {k: tuple(spec.obs_shapes[k]) for k in spec.image_keys}
+    robot = SimRobot(args.task, images=args.images or bool(cams), **policy_camera_kwargs(args.task, cams, {}))
     reports = []
     with ControlLoop(policy, cfg, solver=solver) as loop:
         chosen = loop.solver_choice

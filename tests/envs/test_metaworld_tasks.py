@@ -109,7 +109,7 @@ def test_render_without_images_matches_the_camera_observation():
     cam = make_metaworld_env("reach-v3", images=True, camera="corner3")
     slow = make_metaworld_env("reach-v3", camera="corner3", render_settings="default")
     try:
-        assert set(low.reset(seed=4)[0]) == {"state"}
+        assert set(low.reset(seed=4)[0]) == {"state", "proprio"}
         obs, _ = cam.reset(seed=4)
         slow.reset(seed=4)
         frame = low.render()
@@ -129,7 +129,7 @@ def test_default_images_are_84x84_uint8_and_reproducible():
     env = make_metaworld_env("drawer-open-v3", images=True, camera="topview")
     try:
         obs, _ = env.reset(seed=2)
-        assert set(obs) == {"state", "topview_image"}
+        assert set(obs) == {"state", "proprio", "topview_image"}
         img = obs["topview_image"]
         assert img.dtype == np.uint8 and img.shape == (84, 84, 3) and img.std() > 10
         env.step(np.ones(4, np.float32))

@@ -256,6 +256,21 @@ def test_render_without_camera_observations_matches_the_camera():
         cam.close()
 
 
+def test_cameras_option_renders_only_the_cameras_asked_for():
+    both = make_robosuite_env("Lift", images=True, image_size=32, hard_reset=False)
+    one = make_robosuite_env("Lift", images=True, image_size=32, hard_reset=False, cameras=["agentview"])
+    try:
+        obs_both, obs_one = both.reset(seed=3)[0], one.reset(seed=3)[0]
+        assert "robot0_eye_in_hand_image" not in obs_one and one.observation_space.contains(obs_one)
+        np.testing.assert_array_equal(obs_one["agentview_image"], obs_both["agentview_image"])
+        assert one.env_meta["env_kwargs"]["camera_names"] == ["agentview"]
+    finally:
+        both.close()
+        one.close()
+    with pytest.raises(LfmPolicyError, match="cameras"):
+        make_robosuite_env("Lift", images=True, cameras=["frontview"])
+
+
 def _red_centroid(img):
     img = img.astype(int)
     r, g, b = img[..., 0], img[..., 1], img[..., 2]

@@ -74,8 +74,8 @@ def test_key_order_does_not_matter():
 
 def test_resnet18_has_groupnorm_everywhere():
     net = ImageFeatureNet("resnet18", 3, num_keypoints=32, feature_dim=64, small_cnn_channels=(32,))
-    mods = list(net.modules())
-    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in mods)
+    mods = list(net.trunk.modules())
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in mods)  # only the output standardization
     gns = [m for m in mods if isinstance(m, nn.GroupNorm)]
     assert len(gns) == 20  # ResNet-18 has 20 BatchNorm layers: all replaced
     assert all(m.num_groups == m.num_channels // 16 for m in gns)
@@ -94,7 +94,8 @@ def test_resnet18_encoder_with_other_channel_count():
 def test_encoders_have_no_batchnorm(backbone):
     enc = ObsEncoder(SMALL.replace(backbone=backbone), SHAPES, 2)
     mods = list(enc.modules())
-    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in mods)
+    norms = [m for m in mods if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms == [net.norm for net in enc.rgb_nets]  # only each camera's output standardization
     assert sum(isinstance(m, nn.GroupNorm) for m in mods) == (40 if backbone == "resnet18" else 4)
 
 
@@ -221,3 +222,24 @@ def test_import_does_not_load_torchvision():
     code = ("import sys, lfm_policy, lfm_policy.nets, lfm_policy.nets.obs_encoder, lfm_policy.nets.unet1d, "
             "lfm_policy.nets.transformer; assert 'torchvision' not in sys.modules, 'torchvision imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_feature_norm_standardizes_camera_features_and_keeps_the_ema_copy_batch_independent():
+    from lfm_policy import Policy, PolicySpec
+    from lfm_policy.normalizer import LinearNormalizer
+    from lfm_policy.policy import PolicyConfig
+
+    enc = ObsEncoder(SMALL, {"cam_image": (3, 32, 32)}, 1).train()
+    feats = enc({"cam_image": torch.rand(32, 1, 3, 32, 32)})  # (32, 16): spread x / sqrt(x^2 + eps) per feature
+    spread = feats.std(0, unbiased=False)
+    assert (spread > 0.2).all() and (spread < 1.0 + 1e-4).all()
+    off = ObsEncoder(ObsEncoderConfig(**{**SMALL.to_dict(), "feature_norm": False}), {"cam_image": (3, 32, 32)}, 1)
+    assert off({"cam_image": torch.rand(32, 1, 3, 32, 32)}).std(0).mean() < 0.1  # a fresh net's spread
+    spec = PolicySpec(obs_shapes={"cam_image": (32, 32, 3)}, image_keys=("cam_image",), action_dim=2)
+    stats = {"action": {"min": -torch.ones(2).numpy(), "max": torch.ones(2).numpy()}}
+    config = PolicyConfig(encoder=SMALL.replace(crop_shape=None))
+    policy = Policy(config, spec, LinearNormalizer.from_stats(stats)).train()
+    x = torch.randint(0, 256, (6, 2, 32, 32, 3), dtype=torch.uint8)
+    alone = policy.encode({"cam_image": x[:1]}, ema=True)  # the EMA copy: running statistics, any batch
+    torch.testing.assert_close(policy.encode({"cam_image": x}, ema=True)[:1], alone)
+    assert policy.ema_encoder.training and policy.encoder.training

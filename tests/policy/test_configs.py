@@ -15,7 +15,9 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TASKS = {"toy_lowdim": ("toy/point-obstacle", False), "metaworld_lowdim": ("metaworld/pick-place-v3", False),
          "metaworld_image": ("metaworld/pick-place-v3", True), "robosuite_lowdim": ("robosuite/Lift", False),
          "robosuite_image": ("robosuite/Lift", True), "metaworld_lowdim_cpu": ("metaworld/pick-place-v3", False),
-         "robosuite_lowdim_cpu": ("robosuite/Lift", False)}
+         "robosuite_lowdim_cpu": ("robosuite/Lift", False), "toy_image_cpu": ("toy/point-obstacle", True),
+         "metaworld_image_cpu": ("metaworld/button-press-topdown-v3", True),
+         "robosuite_image_cpu": ("robosuite/Lift", True)}
 
 
 def test_every_config_is_covered():
@@ -26,7 +28,7 @@ def test_every_config_is_covered():
 def test_config_builds_a_policy_for_its_task(name):
     cfg = TrainConfig.from_json(CONFIGS / f"{name}.json")
     task, images = TASKS[name]
-    env = make_env(task, images=images)
+    env = make_env(task, images=images, **({"camera": "corner3"} if "corner3_image" in cfg.data.obs_keys else {}))
     try:
         space = env.observation_space
         action_dim = env.action_space.shape[0]
