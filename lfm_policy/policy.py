@@ -46,7 +46,7 @@ class PolicyConfig(Config):
         encoder_training: ``first_stage``: the encoder trains with the first stage (LFM block 1) and is
             frozen afterwards, so the conditions that earlier blocks were trained on never change
             (default); ``every_stage``: it keeps training with every block (earlier, frozen blocks
-            then see drifting conditions — measured the better choice for image policies, see
+            then see drifting conditions — with images this failed outright, 0.00 on the toy task, see
             docs/visuomotor.md); ``frozen``: it never trains — for an encoder loaded from another
             checkpoint (``TrainConfig.init_encoder_from``, e.g. an FM policy trained first);
             ``fm_first`` (``lfm`` heads): one extra first stage trains the encoder with a plain FM head
