@@ -133,6 +133,19 @@ def sha256_file(path: str | Path) -> str | None:
 NEW_MODULE_PREFIXES = ("head.chain.students.", "head.chain.ema_students.", "head.chain.student_")
 
 
+def _checked_spec(policy: Policy, checkpoint: str | os.PathLike) -> PolicySpec:
+    """``checkpoint``'s spec, after checking that it reads the observations ``policy`` is given."""
+    spec = PolicySpec.from_dict(read_checkpoint_meta(checkpoint)["spec"], where=str(checkpoint))
+    check_spec(spec, dict(policy.spec.obs_shapes), checkpoint)
+    return spec
+
+
+def _weights(checkpoint: str | os.PathLike, map_location: str) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(checkpoint) / WEIGHTS), device=map_location)
+
+
 def init_weights(policy: Policy, checkpoint: str | os.PathLike, *, map_location: str = "cpu") -> None:
     """Load ``checkpoint``'s weights and normalizer into ``policy`` (same spec; only new modules may be absent).
 
@@ -141,11 +154,7 @@ def init_weights(policy: Policy, checkpoint: str | os.PathLike, *, map_location:
             the policy distills this checkpoint) weights that changed since the distillation was set up.
 
     """
-    from safetensors.torch import load_file
-
-    meta = read_checkpoint_meta(checkpoint)
-    spec = PolicySpec.from_dict(meta["spec"], where=str(checkpoint))
-    check_spec(spec, dict(policy.spec.obs_shapes), checkpoint)
+    spec = _checked_spec(policy, checkpoint)
     if spec.action_dim != policy.spec.action_dim:
         raise CheckpointError(f"{checkpoint}: action_dim {spec.action_dim}, the data has {policy.spec.action_dim}")
     distill = policy.config.head.distill
@@ -154,7 +163,7 @@ def init_weights(policy: Policy, checkpoint: str | os.PathLike, *, map_location:
         if got != distill.teacher_sha256:
             raise CheckpointError(f"{checkpoint}: weights changed since the distillation was set up (sha256 "
                                   f"{(got or 'missing')[:12]}, expected {distill.teacher_sha256[:12]})")
-    state = load_file(str(Path(checkpoint) / WEIGHTS), device=map_location)
+    state = _weights(checkpoint, map_location)
     result = policy.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(NEW_MODULE_PREFIXES)]
     if missing or result.unexpected_keys:
@@ -170,15 +179,11 @@ def init_encoder(policy: Policy, checkpoint: str | os.PathLike, *, map_location:
         CheckpointError: Other observations, no trainable encoder, or an encoder of another architecture.
 
     """
-    from safetensors.torch import load_file
-
-    meta = read_checkpoint_meta(checkpoint)
-    spec = PolicySpec.from_dict(meta["spec"], where=str(checkpoint))
-    check_spec(spec, dict(policy.spec.obs_shapes), checkpoint)
+    spec = _checked_spec(policy, checkpoint)
     if set(spec.obs_shapes) != set(policy.spec.obs_shapes):
         raise CheckpointError(f"{checkpoint}: its encoder reads {sorted(spec.obs_shapes)}, this policy "
                               f"{sorted(policy.spec.obs_shapes)}")
-    state = load_file(str(Path(checkpoint) / WEIGHTS), device=map_location)
+    state = _weights(checkpoint, map_location)
     prefix = "ema_encoder." if any(k.startswith("ema_encoder.") for k in state) else "encoder."
     enc_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not enc_state or policy.ema_encoder is None:
