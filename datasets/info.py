@@ -18,7 +18,7 @@ import numpy as np
 _SHOWN_KWARGS = ("robots", "controller_configs", "control_freq", "hard_reset", "camera_names", "camera_heights",
                  "camera_widths")
 _COLLECT_KEYS = ("task", "collector", "collect_format", "seeds", "base_seed", "n_discarded", "discarded_seeds",
-                 "images", "keep_failed", "modes", "collect_config", "env_kwargs")
+                 "images", "keep_failed", "modes", "operators", "collect_config", "env_kwargs")
 
 
 def describe(source: Any, *, stats: bool = True) -> dict[str, Any]:
@@ -145,7 +145,7 @@ def collect_lines(attrs: dict[str, Any]) -> list[str]:
     for key in ("images", "keep_failed"):
         if key in attrs:
             lines.append(f"  {key}: {attrs[key]}")
-    for key in ("modes", "env_kwargs", "collect_config"):
+    for key in ("modes", "operators", "env_kwargs", "collect_config"):
         if isinstance(attrs.get(key), dict) and attrs[key]:
             lines.append(f"  {key}: " + ", ".join(f"{k}={_short(v)}" for k, v in sorted(attrs[key].items())))
     return lines

@@ -57,6 +57,43 @@ def split_episodes(n_episodes: int, val_ratio: float, seed: int,
     return train.astype(np.int64), val.astype(np.int64)
 
 
+def select_episodes(filters: Mapping[str, Sequence[int]] | None, filter_key: str, n_episodes: int,
+                    where: str) -> np.ndarray:
+    """Episode indices of filter key ``filter_key`` (a name, or a union ``a+b``) in ``filters``.
+
+    Args:
+        filters: The buffer's ``filters`` attr, ``{name: [episode indices]}`` (robomimic's ``mask/<name>``).
+        filter_key: A name in ``filters``, or names joined by ``+`` (their union); ``""`` selects all.
+        n_episodes: Episodes in the buffer (indices must lie in ``[0, n_episodes)``).
+        where: The buffer, named in error messages.
+
+    Returns:
+        Sorted unique int64 indices.
+
+    Raises:
+        DataError: An unknown key (the message lists the available ones), an out-of-range index, or an
+            empty selection.
+
+    """
+    if not filter_key:
+        return np.arange(n_episodes, dtype=np.int64)
+    filters = dict(filters or {})
+    names = filter_key.split("+")
+    available = ", ".join(sorted(filters)) if filters else "none (the buffer has no filters attr)"
+    for name in names:
+        if name not in filters:
+            raise DataError(f"{where}: unknown filter key {name!r}" + (f" in {filter_key!r}" if len(names) > 1 else "")
+                            + f"; available filter keys: {available}")
+    chosen = np.unique(np.concatenate([np.asarray(filters[n], dtype=np.int64).reshape(-1) for n in names]))
+    bad = chosen[(chosen < 0) | (chosen >= n_episodes)]
+    if len(bad):
+        raise DataError(f"{where}: filter key {filter_key!r} lists episode {int(bad[0])}, but the buffer has "
+                        f"{n_episodes} episodes")
+    if not len(chosen):
+        raise DataError(f"{where}: filter key {filter_key!r} selects no episodes")
+    return chosen
+
+
 def window_index(episode_ends: np.ndarray, episodes: Sequence[int], *, horizon: int, pad_before: int,
                  pad_after: int) -> np.ndarray:
     """All valid windows as an (N, 3) int64 array of ``(episode_start, episode_length, offset)``.

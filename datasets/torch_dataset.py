@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lfm_policy.datasets.episode import is_image
-from lfm_policy.datasets.sampler import SequenceSampler, split_episodes
+from lfm_policy.datasets.sampler import SequenceSampler, select_episodes, split_episodes
 from lfm_policy.errors import DataError
 
 if TYPE_CHECKING:
@@ -57,11 +57,14 @@ class SequenceDataset(torch.utils.data.Dataset):
         action_key: Key of the float (T, Da) actions.
         n_obs_steps: To. horizon: H. n_action_steps: Ta (see :class:`SequenceSampler`).
         split: ``"train"`` or ``"val"``.
-        val_ratio, seed, max_train_episodes: Episode split (see :func:`split_episodes`).
+        val_ratio, seed, max_train_episodes: Episode split (see :func:`split_episodes`), made within the
+            episodes that ``filter_key`` selects.
+        filter_key: Only the episodes of this filter key of the buffer's ``filters`` attr (robomimic's
+            ``mask/<name>``, e.g. ``better``), or of a union ``better+okay``; ``""`` (default): all episodes.
         in_memory: Copy an on-disk buffer into memory first.
 
     Raises:
-        DataError: Unknown keys (names the file and key), wrong dtypes/shapes, empty split.
+        DataError: Unknown keys or filter keys (names the file and key), wrong dtypes/shapes, empty split.
         ConfigError: Inconsistent To/H/Ta or split settings.
 
     """
@@ -69,7 +72,7 @@ class SequenceDataset(torch.utils.data.Dataset):
     def __init__(self, buffer_or_path: ReplayBuffer | str | os.PathLike, *, obs_keys: Sequence[str],
                  action_key: str = "action", n_obs_steps: int, horizon: int, n_action_steps: int,
                  split: str = "train", val_ratio: float = 0.0, seed: int = 0,
-                 max_train_episodes: int | None = None, in_memory: bool = True):
+                 max_train_episodes: int | None = None, in_memory: bool = True, filter_key: str = ""):
         if split not in ("train", "val"):
             raise DataError(f"SequenceDataset: split must be 'train' or 'val', got {split!r}")
         if isinstance(buffer_or_path, (str, os.PathLike)):
@@ -81,17 +84,20 @@ class SequenceDataset(torch.utils.data.Dataset):
         self.buffer = buffer_or_path
         self._args = dict(obs_keys=list(obs_keys), action_key=action_key, n_obs_steps=n_obs_steps,
                           horizon=horizon, n_action_steps=n_action_steps, val_ratio=val_ratio, seed=seed,
-                          max_train_episodes=max_train_episodes)
+                          max_train_episodes=max_train_episodes, filter_key=filter_key)
         where = self.buffer.where
         self.obs_keys = list(obs_keys)
         self.action_key = action_key
         self._check_keys(where)
-        train, val = split_episodes(self.buffer.n_episodes, val_ratio, seed, max_train_episodes)
+        self.filter_key = filter_key
+        selected = select_episodes(self.buffer.attrs.get("filters"), filter_key, self.buffer.n_episodes, where)
+        train, val = split_episodes(len(selected), val_ratio, seed, max_train_episodes)
         self.split = split
-        self.episodes = train if split == "train" else val
+        self.episodes = selected[train if split == "train" else val]
         if not len(self.episodes):
+            subset = f", filter_key={filter_key!r}: {len(selected)} episodes" if filter_key else ""
             raise DataError(f"{where}: the {split!r} split has no episodes (n_episodes="
-                            f"{self.buffer.n_episodes}, val_ratio={val_ratio})")
+                            f"{self.buffer.n_episodes}{subset}, val_ratio={val_ratio})")
         self.sampler = SequenceSampler(self.buffer.data, self.buffer.episode_ends, obs_keys=self.obs_keys,
                                        action_key=action_key, n_obs_steps=n_obs_steps, horizon=horizon,
                                        n_action_steps=n_action_steps, episodes=self.episodes, where=where)

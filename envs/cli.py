@@ -45,6 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="replace OUT if it exists (and discard an interrupted collection of it)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted collection of OUT (same settings; --episodes may grow)")
+    p.add_argument("--modes", nargs="+", default=None, metavar="MODE",
+                   help="modes the expert may choose from, e.g. --modes left (one-sided demonstrations) on "
+                        "toy/point-obstacle; default: all modes. Each mode present becomes filter key mode_<MODE>")
+    p.add_argument("--operators", nargs="+", default=None, metavar="NAME[=WEIGHT]",
+                   help="simulated operators of different proficiency, each episode's drawn from its seed with "
+                        "these weights (default 1), e.g. --operators better okay worse or better=2 worse=1; "
+                        "built-in: expert, better, okay, worse, fast, slow (docs/demonstrations.md). Each "
+                        "operator present becomes a filter key (robomimic mask/<NAME>)")
     p.add_argument("--import", dest="plugins", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (it may register custom tasks); repeatable")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -80,6 +88,33 @@ def _parse_env_args(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _parse_operators(items: list[str] | None) -> dict[str, float] | None:
+    """``["better=2", "worse"]`` → ``{"better": 2.0, "worse": 1.0}`` (names checked against the built-ins)."""
+    from lfm_policy.envs.operators import PROFILES
+    from lfm_policy.errors import LfmPolicyError
+
+    if items is None:
+        return None
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if name not in PROFILES:
+            raise LfmPolicyError(f"--operators {item!r}: unknown operator {name!r}; built-in operators: "
+                                 f"{', '.join(PROFILES)}")
+        try:
+            weight = float(raw) if sep else 1.0
+        except ValueError:
+            weight = float("nan")
+        if not weight >= 0 or weight == float("inf"):
+            raise LfmPolicyError(f"--operators {item!r}: expected NAME or NAME=WEIGHT with WEIGHT a number >= 0")
+        if name in out:
+            raise LfmPolicyError(f"--operators: {name!r} is given twice")
+        out[name] = weight
+    if not any(out.values()):
+        raise LfmPolicyError(f"--operators {' '.join(items)}: at least one weight must be > 0")
+    return out
+
+
 def _collect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -92,6 +127,7 @@ def _collect(args: argparse.Namespace) -> int:
     registry.task_family(args.task)  # unknown task → one-line error before the progress bar shows
     fmt = args.format or ("robomimic" if Path(args.out).suffix.lower() in (".hdf5", ".h5") else "zarr")
     env_kwargs = _parse_env_args(args.env_args)
+    operators = _parse_operators(args.operators)
     if args.image_size is not None:
         env_kwargs["image_size"] = args.image_size
     cfg = CollectConfig(
@@ -104,12 +140,19 @@ def _collect(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         env_kwargs=env_kwargs,
         plugins=tuple(args.plugins),
+        modes=tuple(args.modes) if args.modes is not None else None,
+        operators=operators,
     )
     bar = tqdm(total=cfg.n_episodes, desc=f"collect {cfg.task}", unit="ep", disable=args.no_progress,
                file=sys.stderr, dynamic_ncols=True)  # fmt: skip
     first = [True]
+    tried: dict[str, list[int]] = {}  # operator -> [successes, attempts] of this run's rollouts
 
     def on_episode(ep: Any, kept: bool, n_kept: int, n_discarded: int) -> None:
+        if ep.operator is not None:
+            counts = tried.setdefault(ep.operator, [0, 0])
+            counts[0] += int(ep.success)
+            counts[1] += 1
         if first[0]:  # a resumed collection starts with the episodes it already has
             first[0] = False
             bar.update(n_kept - int(kept) - bar.n)
@@ -126,12 +169,17 @@ def _collect(args: argparse.Namespace) -> int:
         raise
     bar.close()
     modes = f"; modes: {', '.join(f'{k} {v}' for k, v in res.modes.items())}" if res.modes else ""
+    if res.operators:
+        modes += f"; operators: {', '.join(f'{k} {v}' for k, v in res.operators.items())}"
     resumed = f" ({res.n_resumed} from the interrupted run)" if res.n_resumed else ""
     print(
         f"wrote {res.n_kept} episodes{resumed} ({res.n_steps} steps) to {res.path} [{fmt}]; "
         f"discarded {res.n_discarded} failed episode(s); {res.seconds:.1f} s, "
         f"{res.episodes_per_s:.2f} episodes/s{modes}"
     )
+    if tried:
+        print("success by operator (attempts of this run): "
+              + ", ".join(f"{k} {s}/{n}" for k, (s, n) in sorted(tried.items())))
     if res.n_kept < cfg.n_episodes:
         print(
             f"lfm-policy collect: warning: only {res.n_kept} of {cfg.n_episodes} episodes succeeded within "

@@ -10,10 +10,20 @@ Outputs:
 * ``zarr`` — a :class:`lfm_policy.datasets.replay_buffer.ReplayBuffer` with one array per observation
   key plus ``action`` float32 (T, Da); root attrs ``task``, ``seeds`` (of the written episodes, in
   order), ``n_discarded``, ``discarded_seeds``, ``modes`` (counts, when the task reports modes),
-  ``env_meta`` (when the env has one) and the options; per-episode attrs ``seed``, ``success``, ``mode``.
+  ``operators`` (counts, with ``operators``), ``filters`` (below), ``env_meta`` (when the env has one)
+  and the options; per-episode attrs ``seed``, ``success``, ``mode``, ``operator``.
 * ``robomimic`` — robomimic's HDF5 layout (``env_args``, ``states``, ``model_file``, ``next_obs``), for
   tasks whose env has ``env_meta`` and ``get_state`` (robosuite); the collection attrs are stored as
   JSON in ``data.attrs["lfm_policy_collect"]``.
+
+Filter keys (root attr ``filters`` = ``{name: [episode indices]}``, robomimic's ``mask/<name>`` in an
+exported file): one per operator present (``better``, ``okay``, ...) and one per mode present
+(``mode_<mode>``, e.g. ``mode_left``). Train on one with ``data.filter_key`` (``better``, or a union
+``better+okay``).
+
+With ``operators`` (``{name: weight}`` of built-in :mod:`~lfm_policy.envs.operators` profiles) the
+operator of attempt ``i`` is drawn from its seed, so it too does not depend on the worker count; with
+``modes`` the expert chooses only among those modes (tasks whose expert takes ``modes``, e.g. toy).
 
 Each episode also keeps its final observation (the one after the last action), so ``next_obs`` in an
 exported robomimic file is exact. Both outputs are built in a staging replay buffer next to the target
@@ -33,7 +43,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lfm_policy.config import Config, check
+from lfm_policy.config import Config, ConfigError, check
+from lfm_policy.envs.operators import check_operator_weights
 from lfm_policy.envs.rollout import EnvRecipe, Episode, iter_episodes
 from lfm_policy.errors import DataError, LfmPolicyError
 
@@ -55,6 +66,11 @@ class CollectConfig(Config):
         env_kwargs: Extra keyword arguments for the task's env factory (e.g. ``image_size``).
         plugins: Modules to import (in every process) before the task is resolved; they may call
             :func:`lfm_policy.envs.registry.register_task`.
+        modes: Modes the expert may choose from (e.g. ``("left",)``), passed to the task's expert
+            factory; None: the expert's default (all modes).
+        operators: ``{name: weight}`` of built-in operator profiles
+            (:data:`lfm_policy.envs.operators.PROFILES`); each attempt's operator is drawn from its seed
+            with these weights. None: the plain expert (episodes have no ``operator``).
 
     """
 
@@ -67,9 +83,20 @@ class CollectConfig(Config):
     max_attempts: int | None = None
     env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     plugins: tuple[str, ...] = ()
+    modes: tuple[str, ...] | None = None
+    operators: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         check(self.n_episodes > 0, "n_episodes", f"must be positive, got {self.n_episodes}")
+        if self.modes is not None:
+            self.modes = tuple(self.modes)
+            check(bool(self.modes) and all(isinstance(m, str) and m for m in self.modes), "modes",
+                  f"must be a non-empty list of mode names, got {list(self.modes)}")
+        if self.operators is not None:
+            try:
+                self.operators = check_operator_weights(self.operators, "operators")
+            except LfmPolicyError as e:
+                raise ConfigError(str(e)) from None
         check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         check(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
         if self.max_attempts is not None:
@@ -84,7 +111,9 @@ class CollectConfig(Config):
 
     def recipe(self, record_states: bool = False) -> EnvRecipe:
         """Return the env/expert recipe sent to each rollout process."""
-        return EnvRecipe(self.task, self.images, tuple(sorted(self.env_kwargs.items())), self.plugins, record_states)
+        return EnvRecipe(self.task, self.images, tuple(sorted(self.env_kwargs.items())), self.plugins, record_states,
+                         expert_options=(("modes", self.modes),) if self.modes is not None else (),
+                         operators=tuple(sorted((self.operators or {}).items())))
 
 
 @dataclasses.dataclass
@@ -103,6 +132,8 @@ class CollectResult:
         rollout_wait_seconds: Part of ``seconds`` spent waiting for episodes (the rest is writing).
         rollout_cpu_seconds: CPU time of the rollouts (all episodes, summed over processes).
         n_resumed: Episodes that an interrupted earlier run had written (``resume=True``).
+        operators: Count of operators over the written episodes (empty without ``operators``).
+        filters: Filter keys of the output, ``{name: [episode indices]}`` (see the module docstring).
 
     """
 
@@ -117,6 +148,8 @@ class CollectResult:
     rollout_wait_seconds: float = 0.0
     rollout_cpu_seconds: float = 0.0
     n_resumed: int = 0
+    operators: dict[str, int] = dataclasses.field(default_factory=dict)
+    filters: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
     @property
     def episodes_per_s(self) -> float:
@@ -129,6 +162,9 @@ class _Tally:
     seeds: list[int] = dataclasses.field(default_factory=list)
     discarded: list[int] = dataclasses.field(default_factory=list)
     modes: Counter = dataclasses.field(default_factory=Counter)
+    operators: Counter = dataclasses.field(default_factory=Counter)
+    episode_modes: list[str | None] = dataclasses.field(default_factory=list)  # per written episode
+    episode_operators: list[str | None] = dataclasses.field(default_factory=list)
     n_steps: int = 0
     env_meta: dict | None = None
     wait_s: float = 0.0
@@ -154,8 +190,13 @@ def _kept_episodes(
                 tally.seeds.append(ep.seed)
                 tally.n_steps += ep.length
                 tally.env_meta = tally.env_meta or ep.env_meta
-                if ep.mode is not None:
-                    tally.modes[str(ep.mode)] += 1
+                mode = None if ep.mode is None else str(ep.mode)
+                tally.episode_modes.append(mode)
+                tally.episode_operators.append(ep.operator)
+                if mode is not None:
+                    tally.modes[mode] += 1
+                if ep.operator is not None:
+                    tally.operators[ep.operator] += 1
             else:
                 tally.discarded.append(ep.seed)
             if on_episode is not None:
@@ -217,8 +258,10 @@ def collect(
     out.parent.mkdir(parents=True, exist_ok=True)  # as `mkdir -p`: `--out data/new/task.zarr` just works
     start = time.perf_counter()
     buffer, done = open_staging(out, cfg, fmt=fmt, overwrite=overwrite, resume=resume)
-    tally = _Tally(seeds=done.seeds, discarded=done.discarded, modes=Counter(done.modes), n_steps=done.n_steps,
-                   env_meta=done.env_meta, resumed=len(done.seeds))
+    tally = _Tally(seeds=done.seeds, discarded=done.discarded, modes=Counter(done.modes),
+                   operators=Counter(done.operators), episode_modes=done.episode_modes,
+                   episode_operators=done.episode_operators, n_steps=done.n_steps, env_meta=done.env_meta,
+                   resumed=len(done.seeds))
     episodes = _kept_episodes(cfg, cfg.recipe(record_states=fmt == "robomimic"), tally, on_episode, done.next_seed)
     try:
         for ep in episodes:
@@ -239,11 +282,12 @@ def collect(
     if not tally.seeds:
         buffer.discard()
         _check_some_kept(cfg, tally, out)
-    publish(buffer, out, cfg, fmt=fmt, attrs=_attrs(cfg, tally), overwrite=overwrite)
+    attrs = _attrs(cfg, tally)
+    publish(buffer, out, cfg, fmt=fmt, attrs=attrs, overwrite=overwrite)
     return CollectResult(
         out, len(tally.seeds), len(tally.discarded), tally.seeds, tally.discarded, tally.n_steps,
         time.perf_counter() - start, dict(sorted(tally.modes.items())), tally.wait_s, tally.cpu_s,
-        tally.resumed,
+        tally.resumed, dict(sorted(tally.operators.items())), attrs.get("filters", {}),
     )  # fmt: skip
 
 
@@ -271,6 +315,32 @@ def _attrs(cfg: CollectConfig, tally: _Tally) -> dict[str, Any]:
         attrs["env_kwargs"] = dict(cfg.env_kwargs)
     if tally.modes:
         attrs["modes"] = dict(sorted(tally.modes.items()))
+    if tally.operators:
+        attrs["operators"] = dict(sorted(tally.operators.items()))
+    filters = episode_filters(tally.episode_operators, tally.episode_modes)
+    if filters:
+        attrs["filters"] = filters
     if tally.env_meta is not None:
         attrs["env_meta"] = tally.env_meta
     return attrs
+
+
+def episode_filters(operators: list[str | None], modes: list[str | None]) -> dict[str, list[int]]:
+    """Filter keys of the written episodes: one per operator (its name) and per mode (``mode_<mode>``).
+
+    Args:
+        operators: Each written episode's operator (None: none).
+        modes: Each written episode's mode (None: none).
+
+    Raises:
+        DataError: A name that cannot be a filter key (see :func:`~lfm_policy.datasets.episode.check_key_name`).
+
+    """
+    from lfm_policy.datasets.episode import check_key_name
+
+    out: dict[str, list[int]] = {}
+    for prefix, values in (("", operators), ("mode_", modes)):
+        for name in sorted({v for v in values if v is not None}):
+            key = check_key_name(f"{prefix}{name}", "collect: filter keys")
+            out[key] = [i for i, v in enumerate(values) if v == name]
+    return out

@@ -40,6 +40,9 @@ class Resumed:
     seeds: list[int] = field(default_factory=list)
     discarded: list[int] = field(default_factory=list)
     modes: dict[str, int] = field(default_factory=dict)
+    operators: dict[str, int] = field(default_factory=dict)
+    episode_modes: list[str | None] = field(default_factory=list)  # per committed episode, for the filters
+    episode_operators: list[str | None] = field(default_factory=list)
     n_steps: int = 0
     env_meta: dict | None = None
     next_seed: int = 0
@@ -106,7 +109,7 @@ def _check_same_collection(buf: Any, cfg: Any, fmt: str, staging: Path) -> None:
     saved = dict(buf.attrs.get("collect_config") or {})
     want = _settings(cfg)
     diffs = [f"{k}: {saved.get(k)!r} there, {want[k]!r} now" for k in sorted(want)
-             if k not in RESUMABLE and json.dumps(saved.get(k)) != json.dumps(want[k])]
+             if k not in RESUMABLE and json.dumps(saved.get(k), sort_keys=True) != json.dumps(want[k], sort_keys=True)]
     if buf.attrs.get("collect_format", fmt) != fmt:
         diffs.append(f"format: {buf.attrs.get('collect_format')!r} there, {fmt!r} now")
     if diffs:
@@ -115,12 +118,21 @@ def _check_same_collection(buf: Any, cfg: Any, fmt: str, staging: Path) -> None:
 
 
 def _restore(buf: Any, cfg: Any, state: Resumed) -> None:
-    """Kept seeds, modes and steps from the committed episodes; the attempts between them were discarded."""
+    """Seeds, modes, operators and steps of the committed episodes; the attempts between them were discarded.
+
+    The per-episode modes and operators are kept so that the published ``filters`` cover every episode.
+    """
     for i in range(buf.n_episodes):
         attrs = buf.get_episode_attrs(i)
         state.seeds.append(int(attrs["seed"]))
-        if attrs.get("mode") is not None:
-            state.modes[str(attrs["mode"])] = state.modes.get(str(attrs["mode"]), 0) + 1
+        mode = None if attrs.get("mode") is None else str(attrs["mode"])
+        operator = None if attrs.get("operator") is None else str(attrs["operator"])
+        state.episode_modes.append(mode)
+        state.episode_operators.append(operator)
+        if mode is not None:
+            state.modes[mode] = state.modes.get(mode, 0) + 1
+        if operator is not None:
+            state.operators[operator] = state.operators.get(operator, 0) + 1
     kept = set(state.seeds)
     last = state.seeds[-1] if state.seeds else cfg.seed - 1
     state.discarded = [s for s in range(cfg.seed, last + 1) if s not in kept]
@@ -140,6 +152,8 @@ def write_episode(buf: Any, ep: Any, *, fmt: str) -> None:
     attrs: dict[str, Any] = {"seed": ep.seed, "success": ep.success}
     if ep.mode is not None:
         attrs["mode"] = str(ep.mode)
+    if getattr(ep, "operator", None) is not None:
+        attrs["operator"] = str(ep.operator)
     if fmt == "robomimic":
         data.update(reward=ep.rewards, done=ep.dones, sim_state=ep.states)
         attrs["model_file"] = ep.model_file or ""
@@ -164,7 +178,8 @@ def publish(buf: Any, out: Path, cfg: Any, *, fmt: str, attrs: dict[str, Any], o
     try:
         export_robomimic(staging_path(out), tmp, overwrite=True)
         with h5py.File(tmp, "r+") as f:
-            f["data"].attrs["lfm_policy_collect"] = json.dumps(attrs)
+            # the filters are the file's mask/<name> groups already
+            f["data"].attrs["lfm_policy_collect"] = json.dumps({k: v for k, v in attrs.items() if k != "filters"})
         if overwrite and out.is_dir() and not out.is_symlink():
             shutil.rmtree(out)  # a file is replaced atomically by os.replace, a folder is not
         os.replace(tmp, out)

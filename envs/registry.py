@@ -6,6 +6,8 @@ Task names are ``<family>/<task>``:
 * ``metaworld/<name>-v3`` — any of the 50 Meta-World v3 tasks (``metaworld==3.1.1``).
 * ``robosuite/Lift``, ``robosuite/PickPlaceCan``, ``robosuite/NutAssemblySquare`` — robosuite tasks
   created through robomimic's env utilities.
+* ``<task>-detour`` (:data:`DETOUR_TASKS`) — multimodal variants with a keep-out column to go around
+  on the left or the right (:mod:`lfm_policy.envs.detour`).
 
 Users can add their own tasks with :func:`register_task` (e.g. any gymnasium env wrapped by
 :class:`lfm_policy.envs.adapter.GymAdapter` together with an expert).
@@ -24,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -47,6 +50,17 @@ METAWORLD_V3_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 ROBOSUITE_NAMES: tuple[str, ...] = ("Lift", "PickPlaceCan", "NutAssemblySquare")
 
+# Multimodal variants: name -> (base task, what the hand reaches first). Specs in lfm_policy.envs.detour.
+DETOUR_TASKS: dict[str, tuple[str, str]] = {
+    "metaworld/reach-v3-detour": ("metaworld/reach-v3", "goal"),
+    "metaworld/button-press-topdown-v3-detour": ("metaworld/button-press-topdown-v3", "button"),
+    "metaworld/faucet-open-v3-detour": ("metaworld/faucet-open-v3", "faucet handle"),
+    "metaworld/window-close-v3-detour": ("metaworld/window-close-v3", "window handle"),
+    "metaworld/coffee-button-v3-detour": ("metaworld/coffee-button-v3", "button"),
+    "robosuite/Lift-detour": ("robosuite/Lift", "cube"),
+    "robosuite/PickPlaceCan-detour": ("robosuite/PickPlaceCan", "can"),
+}
+
 _METAWORLD_MODULE = "lfm_policy.envs.metaworld_tasks"
 _ROBOSUITE_MODULE = "lfm_policy.envs.robosuite_tasks"
 
@@ -63,6 +77,14 @@ class Expert(Protocol):
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Return the action (float32 (Da,)) for the observation dict."""
+
+
+def reset_expert(expert: Any, seed: int | None = None) -> None:
+    """Call ``expert.reset``, passing ``seed`` when it is given and the expert accepts one."""
+    if seed is not None and "seed" in inspect.signature(expert.reset).parameters:
+        expert.reset(seed=seed)
+    else:
+        expert.reset()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +116,7 @@ class _Entry:
     family: str
     description: str
     make_env: Callable[..., Any]  # (images: bool, seed: int | None, **kwargs) -> gym.Env
-    make_expert: Callable[[Any], Expert] | None  # (env) -> expert
+    make_expert: Callable[..., Expert] | None  # (env, **options) -> expert
     max_episode_steps: int | Callable[[], int] | None
 
 
@@ -105,7 +127,7 @@ _SPEC_CACHE: dict[tuple[str, bool], TaskSpec] = {}
 def register_task(
     name: str,
     make_env: Callable[..., Any],
-    make_expert: Callable[[Any], Expert] | None = None,
+    make_expert: Callable[..., Expert] | None = None,
     *,
     max_episode_steps: int | Callable[[], int] | None = None,
     description: str = "",
@@ -117,7 +139,8 @@ def register_task(
     Args:
         name: ``"<family>/<task>"`` style name.
         make_env: ``make_env(images=bool, seed=int | None, **kwargs) -> gymnasium.Env``.
-        make_expert: ``make_expert(env) -> expert`` (None when the task has no scripted expert).
+        make_expert: ``make_expert(env, **options) -> expert`` (None when the task has no scripted
+            expert); options are what :func:`make_expert` passes on (e.g. ``modes``).
         max_episode_steps: Episode length limit (or a zero-argument callable returning it).
         description: One line shown by ``lfm-policy tasks``.
         family: Family shown by ``lfm-policy tasks``.
@@ -182,12 +205,28 @@ def make_env(name: str, *, images: bool = False, seed: int | None = None, **kwar
     return env
 
 
-def make_expert(name: str, env: Any) -> Expert:
-    """Create the scripted expert of task ``name`` for ``env`` (made by :func:`make_env`)."""
+def make_expert(name: str, env: Any, **options: Any) -> Expert:
+    """Create the scripted expert of task ``name`` for ``env`` (made by :func:`make_env`).
+
+    Args:
+        name: Registered task name.
+        env: The task's environment.
+        **options: Expert options, e.g. ``modes=("left",)`` for the experts of multimodal tasks
+            (the strategies the expert may choose from); an expert that takes none raises.
+
+    Raises:
+        LfmPolicyError: The task has no expert, or its expert does not take ``options``.
+
+    """
     entry = _entry(name)
     if entry.make_expert is None:
         raise LfmPolicyError(f"task {name!r} has no scripted expert")
-    return entry.make_expert(env)
+    if not options:
+        return entry.make_expert(env)
+    try:
+        return entry.make_expert(env, **options)
+    except TypeError as e:
+        raise LfmPolicyError(f"task {name!r}: its expert does not take option(s) {sorted(options)}: {e}") from e
 
 
 def get_task_spec(name: str, *, images: bool = False, create: bool = False) -> TaskSpec:
@@ -275,10 +314,10 @@ def _make_toy_env(cfg_kwargs: dict[str, Any]) -> Callable[..., Any]:
     return make
 
 
-def _make_toy_expert(env: Any) -> Expert:
+def _make_toy_expert(env: Any, **options: Any) -> Expert:
     from lfm_policy.envs.toy import PointObstacleExpert
 
-    return PointObstacleExpert(env)
+    return PointObstacleExpert(env, **options)
 
 
 def _family_attr(module: str, attr: str) -> Any:
@@ -339,6 +378,29 @@ def _robosuite_max_steps(task: str) -> Callable[[], int]:
     return lambda: int(_family_attr(_ROBOSUITE_MODULE, "ROBOSUITE_MAX_EPISODE_STEPS")[task])
 
 
+def _make_detour_env(name: str) -> Callable[..., Any]:
+    base = _REGISTRY[DETOUR_TASKS[name][0]]
+
+    def make(**kwargs: Any):
+        from lfm_policy.envs.detour import make_detour_env
+
+        return make_detour_env(name, base.make_env, **kwargs)
+
+    return make
+
+
+def _make_detour_expert(name: str) -> Callable[..., Expert]:
+    base = _REGISTRY[DETOUR_TASKS[name][0]]
+
+    def make(env: Any, **options: Any) -> Expert:
+        from lfm_policy.envs.detour import make_detour_expert
+
+        assert base.make_expert is not None
+        return make_detour_expert(name, env, base.make_expert, **options)
+
+    return make
+
+
 def _register_builtin() -> None:
     for name, (cfg, desc) in _TOY_TASKS.items():
         register_task(name, _make_toy_env(cfg), _make_toy_expert, max_episode_steps=cfg["max_episode_steps"],
@@ -360,6 +422,16 @@ def _register_builtin() -> None:
             max_episode_steps=_robosuite_max_steps(task),
             description=f"robosuite {task} (Panda, OSC_POSE 20 Hz, via robomimic env utils), scripted expert",
             family="robosuite",
+        )
+    for name, (base, what) in DETOUR_TASKS.items():
+        family = name.split("/", 1)[0]
+        register_task(
+            name,
+            _make_detour_env(name),
+            _make_detour_expert(name),
+            max_episode_steps=_REGISTRY[base].max_episode_steps,
+            description=f"{base} with a keep-out column before the {what}: around it left or right (2 modes)",
+            family=family,
         )
 
 

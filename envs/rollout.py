@@ -2,7 +2,9 @@
 
 An episode seeded with ``s`` resets the env with ``reset(seed=s)`` and the expert with
 ``reset(seed=s)`` (when its ``reset`` takes a seed), so its content depends only on the task, the
-env options and ``s`` — not on which process ran it or what ran before.
+env options and ``s`` — not on which process ran it or what ran before. With operators
+(:attr:`EnvRecipe.operators`) the episode's operator is drawn from ``s`` too and wraps the expert
+(:class:`~lfm_policy.envs.operators.OperatorExpert`, its perturbations seeded from ``s``).
 
 Workers are separate processes started with ``forkserver`` (``spawn`` where that is unavailable).
 Each creates its own environment, hence its own simulator and GL context; nothing with GL state
@@ -17,7 +19,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import importlib
-import inspect
 import multiprocessing as mp
 import multiprocessing.util
 import time
@@ -26,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from lfm_policy.envs.operators import OperatorExpert, choose_operator, get_profile, gripper_dims_for
+from lfm_policy.envs.registry import reset_expert
 from lfm_policy.errors import LfmPolicyError
 
 
@@ -39,6 +42,10 @@ class EnvRecipe:
         env_kwargs: Extra keyword arguments for the task's env factory (e.g. ``image_size``).
         plugins: Modules imported first (they may register custom tasks).
         record_states: Record ``env.get_state()`` before each action and the model XML per episode.
+        expert_options: Keyword arguments for the task's expert factory (e.g. ``("modes", ("left",))``),
+            passed to :func:`lfm_policy.envs.registry.make_expert` only when non-empty.
+        operators: ``(name, weight)`` pairs of built-in :mod:`~lfm_policy.envs.operators` profiles; when
+            set, each episode's operator is drawn from its seed and wraps the expert for that episode.
 
     """
 
@@ -47,6 +54,8 @@ class EnvRecipe:
     env_kwargs: tuple[tuple[str, Any], ...] = ()
     plugins: tuple[str, ...] = ()
     record_states: bool = False
+    expert_options: tuple[tuple[str, Any], ...] = ()
+    operators: tuple[tuple[str, float], ...] = ()
 
 
 @dataclasses.dataclass
@@ -61,6 +70,7 @@ class Episode:
         dones: uint8 (T,), 1 on the last step when it succeeded or terminated.
         success: ``info["is_success"]`` of the last step.
         mode: ``info["mode"]`` of the last step, when the task reports one.
+        operator: Name of the simulated operator (:mod:`~lfm_policy.envs.operators`), if any.
         states: float64 (T, S) simulator states before each action (``record_states`` only).
         model_file: The model XML at episode start (``record_states`` and the env has ``model_xml``).
         env_meta: ``env.env_meta`` (robomimic env_args) when the env has one.
@@ -81,6 +91,7 @@ class Episode:
     env_meta: dict | None = None
     final_obs: dict[str, np.ndarray] | None = None
     cpu_seconds: float = 0.0
+    operator: str | None = None
 
     @property
     def length(self) -> int:
@@ -88,19 +99,13 @@ class Episode:
         return int(self.actions.shape[0])
 
 
-def _reset_expert(expert: Any, seed: int) -> None:
-    if "seed" in inspect.signature(expert.reset).parameters:
-        expert.reset(seed=seed)
-    else:
-        expert.reset()
-
-
 def rollout_episode(env: Any, expert: Any, seed: int, max_steps: int, *, record_states: bool = False) -> Episode:
     """Roll out ``expert`` in ``env`` for one episode seeded with ``seed``.
 
     Args:
         env: Environment following the registry conventions.
-        expert: Object with ``reset([seed=])`` and ``act(obs) -> action``.
+        expert: Object with ``reset([seed=])`` and ``act(obs) -> action``; its ``operator`` attribute,
+            when it has one (an :class:`~lfm_policy.envs.operators.OperatorExpert`), becomes the episode's.
         seed: Seed for ``env.reset`` and the expert.
         max_steps: Hard limit on the number of steps (> 0).
         record_states: Record ``env.get_state()`` before each action and the model XML.
@@ -110,7 +115,7 @@ def rollout_episode(env: Any, expert: Any, seed: int, max_steps: int, *, record_
         raise LfmPolicyError(f"max_steps must be positive, got {max_steps}")
     cpu_start = time.process_time()
     obs, info = env.reset(seed=seed)
-    _reset_expert(expert, seed)
+    reset_expert(expert, seed)
     model_file = None
     if record_states:
         if not hasattr(env, "get_state"):
@@ -147,6 +152,7 @@ def rollout_episode(env: Any, expert: Any, seed: int, max_steps: int, *, record_
         env_meta=dict(env_meta) if env_meta is not None else None,
         final_obs={k: np.array(v) for k, v in obs.items()},
         cpu_seconds=time.process_time() - cpu_start,
+        operator=getattr(expert, "operator", None),
     )
 
 
@@ -161,7 +167,11 @@ class _Roller:
         self.recipe = recipe
         self.env = registry.make_env(recipe.task, images=recipe.images, **dict(recipe.env_kwargs))
         try:
-            self.expert = registry.make_expert(recipe.task, self.env)
+            self.expert = self._make_expert(registry)
+            self.operators = dict(recipe.operators)
+            self.gripper_dims = gripper_dims_for(recipe.task)
+            space = getattr(self.env, "action_space", None)
+            self.action_bounds = (getattr(space, "low", None), getattr(space, "high", None))
             spec_steps = registry.get_task_spec(recipe.task).max_episode_steps
             self.max_steps = int(getattr(self.env, "max_episode_steps", None) or spec_steps or 0)
             if self.max_steps <= 0:
@@ -170,8 +180,28 @@ class _Roller:
             self.env.close()
             raise
 
+    def _make_expert(self, registry: Any) -> Any:
+        options = dict(self.recipe.expert_options)
+        if not options:
+            return registry.make_expert(self.recipe.task, self.env)
+        try:
+            return registry.make_expert(self.recipe.task, self.env, **options)
+        except LfmPolicyError as e:
+            given = ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v!r}" for k, v in options.items())
+            raise LfmPolicyError(f"expert option(s) {given}: {e}") from e
+
+    def expert_for(self, seed: int) -> Any:
+        """The expert of the episode seeded with ``seed`` (wrapped in its operator, when operators are set)."""
+        if not self.operators:
+            return self.expert
+        name = choose_operator(self.operators, seed)
+        low, high = self.action_bounds
+        return OperatorExpert(self.expert, get_profile(name), gripper_dims=self.gripper_dims, action_low=low,
+                              action_high=high)
+
     def run(self, seed: int) -> Episode:
-        return rollout_episode(self.env, self.expert, seed, self.max_steps, record_states=self.recipe.record_states)
+        return rollout_episode(self.env, self.expert_for(seed), seed, self.max_steps,
+                               record_states=self.recipe.record_states)
 
     def close(self) -> None:
         self.env.close()

@@ -31,6 +31,7 @@ import numpy as np
 from gymnasium import spaces
 
 from lfm_policy.config import Config, check
+from lfm_policy.errors import LfmPolicyError
 
 _BACKGROUND = np.array([235, 235, 235], np.uint8)
 _OBSTACLE_RGB = np.array([80, 80, 80], np.uint8)
@@ -252,17 +253,42 @@ class PointObstacleExpert:
         env: The environment (only its config is read: ``max_step``).
         seed: Seed of the expert's generator; :meth:`reset` can reseed it per episode.
         margin: Clearance kept between the path's waypoints and each obstacle's edge.
+        modes: The modes the expert may choose from (uniformly), e.g. ``("left",)`` for one-sided
+            demonstrations; None (default) draws every side 50/50 (all modes).
+
+    Raises:
+        LfmPolicyError: ``modes`` names a mode the task does not have (the message lists them).
 
     """
 
-    def __init__(self, env: gym.Env, seed: int | None = None, margin: float = 0.12) -> None:
+    def __init__(self, env: gym.Env, seed: int | None = None, margin: float = 0.12,
+                 modes: tuple[str, ...] | list[str] | None = None) -> None:
         self._max_step = env.unwrapped.config.max_step
         self._n = env.unwrapped.config.n_obstacles
         self.margin = margin
+        self.modes = self._check_modes(modes, self._n)
         self._rng = self._make_rng(seed)
         self.sides: np.ndarray = np.ones(self._n)
         self._waypoints: list[np.ndarray] | None = None
         self._target = 0
+
+    @staticmethod
+    def all_modes(n_obstacles: int) -> list[str]:
+        """Every mode of a task with ``n_obstacles`` obstacles, e.g. ``["left", "right"]``."""
+        modes = [""]
+        for _ in range(n_obstacles):
+            modes = [f"{m}-{side}" if m else side for m in modes for side in ("left", "right")]
+        return modes
+
+    @classmethod
+    def _check_modes(cls, modes: tuple[str, ...] | list[str] | None, n: int) -> tuple[str, ...] | None:
+        if modes is None:
+            return None
+        known = cls.all_modes(n)
+        bad = [m for m in modes if m not in known]
+        if bad or not modes:
+            raise LfmPolicyError(f"toy expert: unknown mode(s) {bad or list(modes)}; this task has {known}")
+        return tuple(dict.fromkeys(modes))
 
     @staticmethod
     def _make_rng(seed: int | None) -> np.random.Generator:
@@ -273,7 +299,11 @@ class PointObstacleExpert:
         """Start an episode: reseed (if ``seed`` is given) and draw the side of each obstacle."""
         if seed is not None:
             self._rng = self._make_rng(seed)
-        self.sides = self._rng.choice([-1.0, 1.0], size=self._n)
+        if self.modes is None:
+            self.sides = self._rng.choice([-1.0, 1.0], size=self._n)
+        else:
+            mode = self.modes[int(self._rng.integers(len(self.modes)))]
+            self.sides = np.array([-1.0 if side == "left" else 1.0 for side in mode.split("-")])
         self._waypoints = None
         self._target = 0
 

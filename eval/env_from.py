@@ -69,7 +69,10 @@ def _from_attrs(path: Path, fmt: str, attrs: dict[str, Any], robomimic_frames: b
     if task is None and meta_task is None:
         raise DataError(f"{path}: no environment metadata (neither a 'task' attr nor robomimic env_meta/env_args); "
                         "evaluate with --task instead of --env-from")
-    if task is not None and meta_task is not None and task != meta_task:
+    from lfm_policy.envs.registry import DETOUR_TASKS
+
+    same_scene = task == meta_task or DETOUR_TASKS.get(task or "", ("",))[0] == meta_task  # a variant of it
+    if task is not None and meta_task is not None and not same_scene:
         raise DataError(f"{path}: attr task {task!r} disagrees with its env_meta, which is {meta_task!r}")
     kwargs = dict(attrs.get("env_kwargs") or {})
     if not isinstance(kwargs, dict):

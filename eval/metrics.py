@@ -39,6 +39,31 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return low, high
 
 
+def mode_coverage(success_modes: dict[str, int], modes: list[str]) -> dict[str, float | None]:
+    """How many of a task's modes the successful episodes use, and how evenly.
+
+    Args:
+        success_modes: Successful episodes per mode (``summary()["success_modes"]``).
+        modes: The task's modes (e.g. those of its demonstrations); empty for a unimodal task.
+
+    Returns:
+        ``mode_coverage``: fraction of ``modes`` with at least one success; ``mode_entropy``: entropy
+        of the successes' mode distribution divided by ``log(len(modes))`` (1: all modes equally often,
+        0: one mode only). Both None without modes (or, for the entropy, without successes).
+
+    """
+    if not modes:
+        return {"mode_coverage": None, "mode_entropy": None}
+    counts = np.array([success_modes.get(m, 0) for m in modes], float)
+    coverage = float((counts > 0).mean())
+    total = counts.sum()
+    if total == 0 or len(modes) < 2:
+        return {"mode_coverage": coverage, "mode_entropy": None if total == 0 else 1.0}
+    p = counts[counts > 0] / total
+    entropy = float(-(p * np.log(p)).sum() / math.log(len(modes)))
+    return {"mode_coverage": coverage, "mode_entropy": max(0.0, entropy)}  # no -0.0
+
+
 @dataclass
 class EpisodeResult:
     """One evaluated episode.

@@ -48,14 +48,16 @@ __all__ = ["DataConfig", "OptimConfig", "TrainConfig", "Trainer", "resume_config
 def training_windows(config: TrainConfig, obs_keys: list[str]) -> Any:
     """The training split of ``config.data`` as ``SequenceDataset`` windows of ``config.policy``.
 
-    Its ``get_validation_dataset()`` is the validation split (``data.val_ratio``, seeded by ``seed``).
+    Its ``get_validation_dataset()`` is the validation split (``data.val_ratio``, seeded by ``seed``);
+    both are restricted to the episodes of ``data.filter_key`` when it is set.
     """
     from lfm_policy.datasets.torch_dataset import SequenceDataset
 
     d, p = config.data, config.policy
     return SequenceDataset(d.path, obs_keys=list(obs_keys), action_key=d.action_key, n_obs_steps=p.n_obs_steps,
                            horizon=p.horizon, n_action_steps=p.n_action_steps, split="train",
-                           val_ratio=d.val_ratio, seed=config.seed, max_train_episodes=d.max_train_episodes)
+                           val_ratio=d.val_ratio, seed=config.seed, max_train_episodes=d.max_train_episodes,
+                           filter_key=d.filter_key)
 
 
 def _device(name: str) -> torch.device:
@@ -116,6 +118,10 @@ class Trainer:
             raise LfmPolicyError(f"{d.path}: {len(self.dataset)} training windows, fewer than batch_size="
                                  f"{config.batch_size} (full batches only); lower batch_size or add demonstrations")
         self.val_dataset = self.dataset.get_validation_dataset() if d.val_ratio > 0 else None
+        if d.filter_key:
+            n_val = len(self.val_dataset.episodes) if self.val_dataset is not None else 0
+            log.info("data.filter_key %r: %d training and %d validation episodes of %d", d.filter_key,
+                     len(self.dataset.episodes), n_val, self.dataset.buffer.n_episodes)
         image_keys = tuple(self.dataset.image_keys)
         stats = self.dataset.get_stats()
         stats = {("action" if k == d.action_key else k): v for k, v in stats.items() if k not in image_keys}

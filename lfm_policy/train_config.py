@@ -11,7 +11,15 @@ from lfm_policy.policy import PolicyConfig
 
 @dataclass
 class DataConfig(Config):
-    """Where the demonstrations are and how they are split."""
+    """Where the demonstrations are and how they are split.
+
+    Attributes:
+        filter_key: Train (and validate) on the episodes of this filter key only: a name from the
+            buffer's ``filters`` attr (robomimic's ``mask/<name>``; ``lfm-policy data info`` lists them,
+            e.g. ``better`` or ``mode_left`` from ``lfm-policy collect --operators/--modes``) or a union
+            ``better+okay``. ``""`` (default): every episode. The ``val_ratio`` split is made within them.
+
+    """
 
     path: str = ""
     obs_keys: tuple[str, ...] = ()
@@ -19,9 +27,12 @@ class DataConfig(Config):
     val_ratio: float = 0.1
     max_train_episodes: int | None = None
     num_workers: int = 0
+    filter_key: str = ""
 
     def __post_init__(self) -> None:
         self.obs_keys = tuple(self.obs_keys)
+        check(isinstance(self.filter_key, str) and all(self.filter_key.split("+")) or self.filter_key == "",
+              "filter_key", f"must be a filter key name or names joined by '+', got {self.filter_key!r}")
         check(0 <= self.val_ratio < 1, "val_ratio", f"must be in [0, 1), got {self.val_ratio}")
         check(self.num_workers >= 0, "num_workers", "must be ≥ 0")
 

@@ -1,7 +1,7 @@
 import pytest
 from scipy.stats import binomtest
 
-from lfm_policy.eval.metrics import EpisodeResult, EvalResults, wilson_interval
+from lfm_policy.eval.metrics import EpisodeResult, EvalResults, mode_coverage, wilson_interval
 
 
 @pytest.mark.parametrize("k,n,expected", [(8, 10, (0.490, 0.943)), (0, 10, (0.0, 0.278)), (50, 50, (0.929, 1.0)),
@@ -39,3 +39,15 @@ def test_wilson_bounds_are_exact_at_zero_and_all_successes(n):
     assert hi == 1.0 and 0 < lo < 1
     res = EvalResults(episodes=[EpisodeResult(i, i, False, 0.0, 1) for i in range(n)])
     assert res.summary()["success_ci95"][0] == 0.0
+
+
+def test_mode_coverage_counts_modes_with_a_success_and_their_balance():
+    assert mode_coverage({"left": 10, "right": 10}, ["left", "right"]) == {"mode_coverage": 1.0, "mode_entropy": 1.0}
+    one = mode_coverage({"left": 20}, ["left", "right"])
+    assert one == {"mode_coverage": 0.5, "mode_entropy": 0.0}
+    skew = mode_coverage({"left": 9, "right": 1}, ["left", "right"])
+    assert skew["mode_coverage"] == 1.0 and 0.4 < skew["mode_entropy"] < 0.5  # H(0.9, 0.1) / ln 2 = 0.469
+    assert mode_coverage({}, ["left", "right"]) == {"mode_coverage": 0.0, "mode_entropy": None}
+    assert mode_coverage({"x": 3}, []) == {"mode_coverage": None, "mode_entropy": None}
+    four = mode_coverage({"a": 5, "b": 5}, ["a", "b", "c", "d"])
+    assert four["mode_coverage"] == 0.5 and four["mode_entropy"] == pytest.approx(0.5)
