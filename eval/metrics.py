@@ -75,6 +75,8 @@ class EpisodeResult:
         ret: Sum of rewards.
         length: Single env steps executed.
         mode: ``info["mode"]`` at the end, where the task reports one.
+        collision: ``info["collision"]`` at the end: the episode ended in an obstacle or keep-out
+            zone (the toy tasks and the ``-detour`` variants report it).
         error: ``"Type: message"`` when the env or its worker crashed, else None.
         video: Path of the episode's video relative to the results directory, if one was written.
 
@@ -88,6 +90,7 @@ class EpisodeResult:
     mode: str | None = None
     error: str | None = None
     video: str | None = None
+    collision: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON record (``return`` instead of ``ret``)."""
@@ -139,6 +142,7 @@ class EvalResults:
             "mean_return": float(np.mean([e.ret for e in eps])) if n else None,
             "mean_length": float(np.mean([e.length for e in eps])) if n else None,
             "n_errors": sum(e.error is not None for e in eps),
+            "n_collisions": sum(e.collision for e in eps),
             "success_modes": dict(sorted(modes.items())),
             "chunk_latency_ms": {
                 "p50": float(np.percentile(lat, 50)) if lat.size else None,

@@ -99,6 +99,9 @@ def render_report(record: dict[str, Any]) -> str:
     if s["success_modes"]:
         lines += ["Successful episodes per mode: " + ", ".join(f"{m}: {c}" for m, c in s["success_modes"].items()),
                   ""]
+    if s.get("n_collisions"):
+        lines += [f"Episodes ended by a collision (obstacle or keep-out zone): {s['n_collisions']} of "
+                  f"{s['n_episodes']}.", ""]
     lines += ["| episode | seed | success | return | length | mode | error | video |",
               "|---|---|---|---|---|---|---|---|"]
     for e in record["episodes"]:

@@ -220,10 +220,12 @@ class Evaluator:
         retry: list[int] = []  # episodes to restart from their seed (their worker's sibling died)
         t_start = time.perf_counter()
 
-        def finish(j: int, success: bool, ret: float, length: int, mode: Any, error: Any) -> None:
+        def finish(j: int, success: bool, ret: float, length: int, mode: Any, error: Any,
+                   collision: Any = False) -> None:
             i = slot_ep[j]
             ep = EpisodeResult(index=i, seed=seed_start + i, success=bool(success) and error is None,
-                               ret=float(ret), length=int(length), mode=_text(mode), error=_text(error))
+                               ret=float(ret), length=int(length), mode=_text(mode), error=_text(error),
+                               collision=bool(collision))
             if ep.seed < record_below and error is None and self._envs is not None:
                 # pop_frames runs in every env: keep the other slots' frames for their own episodes
                 for k, popped in enumerate(self._envs.call("pop_frames")):
@@ -316,7 +318,7 @@ class Evaluator:
                     slot_len[j] = int(info["episode_length"][j])
                     if term[j] or trunc[j]:
                         finish(j, info["is_success"][j], info["episode_return"][j], slot_len[j],
-                               info["mode"][j], info["error"][j])
+                               info["mode"][j], info["error"][j], info["collision"][j])
                 obs = refill(obs)
         except KeyboardInterrupt:
             results.interrupted = True

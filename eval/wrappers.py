@@ -109,6 +109,7 @@ class MultiStepWrapper(gym.Wrapper):
                     episode_return=self._return, **extra)
         info.setdefault("error", None)
         info.setdefault("mode", None)
+        info["collision"] = bool(info.get("collision", False))
         return info
 
     def _end_episode(self) -> None:

@@ -1,18 +1,15 @@
 import re
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
+from markdown_blocks import DOCS, fenced_blocks
 
 from lfm_policy.datasets.replay_buffer import ReplayBuffer
 from lfm_policy.envs import registry
 from lfm_policy.envs.adapter import AdapterError, GymAdapter
 from lfm_policy.envs.collect import CollectConfig, collect
 from lfm_policy.envs.toy import PointObstacleEnv
-
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "envs.md"
-README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_array_observation_with_slices_and_success_fn():
@@ -124,16 +121,11 @@ def test_success_fn_sees_the_raw_observation_and_the_description_says_how_it_was
     env.close()
 
 
-def _docs_text() -> str:
-    if DOCS.exists():
-        return DOCS.read_text()
-    text = README.read_text()  # the section may have been merged into the README
-    start = text.index("## Simulated tasks")
-    return text[start : text.find("\n## ", start + 1)]
+TASKS = DOCS / "tasks.md"
 
 
 def test_docs_adapter_example_registers_a_collectable_task(tmp_path):
-    blocks = re.findall(r"```python\n(.*?)```", _docs_text(), flags=re.S)
+    blocks = fenced_blocks(TASKS, "## Plugging in any gymnasium environment")
     example = [b for b in blocks if "GymAdapter(" in b]
     assert example, "the envs docs must contain the GymAdapter example"
     namespace: dict = {}
@@ -149,7 +141,7 @@ def test_docs_adapter_example_registers_a_collectable_task(tmp_path):
 
 
 def test_docs_registry_example_runs(capsys):
-    blocks = re.findall(r"```python\n(.*?)```", _docs_text(), flags=re.S)
+    blocks = fenced_blocks(TASKS, "## Task conventions")
     example = [b for b in blocks if "make_expert(" in b and "GymAdapter" not in b]
     assert example
     exec(compile(example[0], "docs:registry example", "exec"), {})

@@ -135,3 +135,19 @@ def test_env_from_a_detour_dataset_rebuilds_the_detour_variant():
         "robosuite/Lift-detour")
     with pytest.raises(LfmPolicyError, match="disagrees"):
         _from_attrs(Path("d.zarr"), "zarr", {"task": "robosuite/PickPlaceCan-detour", "env_meta": meta}, False)
+
+
+def test_evaluation_counts_episodes_that_end_in_the_column():
+    from lfm_policy.eval.metrics import EpisodeResult, EvalResults
+    from lfm_policy.eval.wrappers import MultiStepWrapper
+
+    env = MultiStepWrapper(make(), n_obs_steps=1, n_action_steps=1, max_episode_steps=200)
+    obs, info = env.reset(seed=0)
+    assert info["collision"] is False
+    for _ in range(200):
+        obs, _, terminated, truncated, info = env.step(StraightExpert().act({"pos": obs["pos"][-1]}))
+        if terminated or truncated:
+            break
+    assert info["collision"] is True and not info["is_success"]
+    res = EvalResults(episodes=[EpisodeResult(0, 0, False, 0.0, 9, collision=True), EpisodeResult(1, 1, True, 0.0, 30)])
+    assert res.summary()["n_collisions"] == 1 and res.episodes[0].to_dict()["collision"] is True

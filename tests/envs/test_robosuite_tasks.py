@@ -237,7 +237,7 @@ def test_render_settings_reproduce_robomimic_frames(robomimic_obs_file):
             share[setting] = float((np.stack(diffs) > 10).mean())
         finally:
             env.close()
-    assert share["default"] == 0.0  # measured: identical pixels (README)
+    assert share["default"] == 0.0  # measured: identical pixels (docs/tasks.md)
     assert share["fast"] > 0.02  # measured ~8 % at 32 px
 
 

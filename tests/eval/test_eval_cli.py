@@ -15,9 +15,9 @@ from lfm_policy.train import train
 
 HERE = Path(__file__).resolve().parent
 
-EPISODE_KEYS = {"index", "seed", "success", "return", "length", "mode", "error", "video"}
+EPISODE_KEYS = {"index", "seed", "success", "return", "length", "mode", "error", "video", "collision"}
 SUMMARY_KEYS = {"n_episodes", "n_success", "success_rate", "success_ci95", "mean_return", "mean_length", "n_errors",
-                "success_modes", "chunk_latency_ms", "wall_s", "episodes_per_min", "interrupted"}
+                "n_collisions", "success_modes", "chunk_latency_ms", "wall_s", "episodes_per_min", "interrupted"}
 
 
 def test_eval_cli_writes_results_report_and_videos(tiny_checkpoint, tmp_path, capsys):

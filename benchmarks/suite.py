@@ -1,0 +1,188 @@
+"""The benchmark suite: from nothing to docs/results.md — demos, every method, paired evaluation, plots.
+
+    python benchmarks/suite.py --suite smoke                   # minutes: the whole pipeline, tiny budgets
+    python benchmarks/suite.py --suite cpu                     # the low-dim suite (hours; resumable)
+    python benchmarks/suite.py --suite cpu --tasks robosuite/Lift-detour   # some cells only
+    python benchmarks/suite.py --suite cpu --report            # rewrite the results page from what ran
+
+For every cell of the suite (``suite_plan.py``): collect the scripted expert's demonstrations (seeds
+0.., once per task), train every head from the family's shipped config for each training seed (only
+``policy.head.kind`` and ``seed`` change), distill the LFM and FM teachers to one-step students, then
+evaluate every row on episode seeds 100000.. (the same for every row and training seed) and time its
+chunk at batch 1 (one torch thread, after warm-up). Every finished row is a small JSON file under
+``ROWS/<cell>/seed<k>/`` (``--rows``, default ``benchmarks/results/<suite>``, kept in git so the page
+can always be rebuilt and a later session continues the suite), every finished training a
+``status.json`` in the work directory (``--out``, default ``outputs/suite_<suite>``): a rerun after a
+kill (or with more cells, seeds or episodes) continues where it stopped. After each cell the results
+page (``--results``, default docs/results.md) and its plots are rewritten from every row in ROWS.
+
+The multimodal cells (toy, ``-detour`` tasks) train low-dim policies that also read the keep-out
+column (``keepout``), which changes where the hand may go.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from distill_table import first_window, latency_ms  # noqa: E402
+from suite_plan import SUITES, Budget, Cell, config_name, methods  # noqa: E402
+from suite_report import write_report  # noqa: E402
+
+from lfm_policy import Policy  # noqa: E402
+from lfm_policy.cli import main as cli_main  # noqa: E402
+from lfm_policy.config import atomic_write_text  # noqa: E402
+from lfm_policy.distill import setup_distillation, write_summary  # noqa: E402
+from lfm_policy.envs.registry import DETOUR_TASKS  # noqa: E402
+from lfm_policy.eval.metrics import mode_coverage  # noqa: E402
+from lfm_policy.eval.rollout import EvalConfig, Evaluator  # noqa: E402
+from lfm_policy.train import TrainConfig, train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADS = ("lfm", "fm", "diffusion", "regression")
+
+
+def demos(cell: Cell, budget: Budget, out: Path) -> Path:
+    """The cell's demonstrations (collected once per task and observation kind)."""
+    data = out / "data" / f"{cell.key}.zarr"
+    if not data.exists():
+        data.parent.mkdir(parents=True, exist_ok=True)
+        cli_main(["collect", "--task", cell.task, "--episodes", str(budget.demos[cell.family]), "--out", str(data),
+                  "--seed", "0", "--no-progress", *(["--images"] if cell.images else [])])  # fmt: skip
+    return data
+
+
+def demo_modes(data: Path) -> dict[str, int]:
+    """The dataset's mode counts (root attr ``modes``; empty for unimodal tasks)."""
+    import zarr
+
+    return dict(zarr.open_group(str(data), mode="r").attrs.get("modes", {}))
+
+
+def train_config(cell: Cell, budget: Budget, data: Path, run: Path, kind: str, seed: int,
+                 extra: list[str]) -> TrainConfig:
+    """The shipped config with this cell's data, head, seed and budget."""
+    base = TrainConfig.from_json(ROOT / "configs" / config_name(cell))
+    over = [f"data.path={data}", f"out_dir={run}", f"policy.head.kind={kind}", f"seed={seed}"]
+    if budget.steps.get(cell.family):
+        over.append(f"total_steps={budget.steps[cell.family]}")
+    if cell.task in DETOUR_TASKS:
+        over.append("data.obs_keys=" + json.dumps([*base.data.obs_keys, "keepout"]))
+    return base.with_overrides([*over, *budget.overrides, *extra])
+
+
+def _complete(run: Path) -> bool:
+    status = run / "status.json"
+    return status.is_file() and json.loads(status.read_text()).get("state") == "complete"
+
+
+def train_heads(cell: Cell, budget: Budget, data: Path, out: Path, seed: int, extra: list[str]) -> dict:
+    """Train (or find) every head and both students; return checkpoints and wall times."""
+    ckpts, timing = {}, {}
+    for kind in HEADS:
+        run = out / kind
+        timing_file = run / "suite_timing.json"
+        if not _complete(run):
+            t0 = time.perf_counter()
+            train(train_config(cell, budget, data, run, kind, seed, extra), progress=False, overwrite=True)
+            atomic_write_text(timing_file, json.dumps({"train_s": time.perf_counter() - t0}))
+        ckpts[(kind, False)] = run / "checkpoints" / "latest"
+        timing[kind] = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+        if kind not in ("lfm", "fm"):
+            continue
+        dout = out / f"{kind}_distilled"
+        if not (dout / "distill_summary.json").is_file():
+            t0 = time.perf_counter()
+            dcfg = setup_distillation(ckpts[(kind, False)], dout, steps=budget.distill_steps)
+            write_summary(Policy.load(train(dcfg, progress=False, overwrite=True)), dcfg)
+            atomic_write_text(dout / "suite_timing.json", json.dumps({"distill_s": time.perf_counter() - t0}))
+        ckpts[(kind, True)] = dout / "checkpoints" / "latest"
+        summary = json.loads((dout / "distill_summary.json").read_text())
+        timing[f"{kind}_distilled"] = {**json.loads((dout / "suite_timing.json").read_text()),
+                                       "chunk_rms_vs_teacher": summary.get("chunk_rms_distilled")}
+    return {"ckpts": ckpts, "timing": timing}
+
+
+def run_cell_seed(cell: Cell, budget: Budget, out_root: Path, rows_root: Path, seed: int,
+                  args: argparse.Namespace) -> list[dict]:
+    """Train, distill and evaluate every method of one cell for one training seed (resumable)."""
+    data = demos(cell, budget, out_root)
+    out = out_root / cell.key / f"seed{seed}"
+    row_dir = rows_root / cell.key / f"seed{seed}"
+    trained = train_heads(cell, budget, data, out, seed, args.overrides)
+    ckpts, timing = trained["ckpts"], trained["timing"]
+    probe = Policy.load(ckpts[("lfm", False)])
+    obs = first_window(data, probe)
+    modes_demo = demo_modes(data)
+    rows, evaluator = [], None
+    try:
+        for i, m in enumerate(methods(probe.head.chain.n_blocks)):
+            done = row_dir / f"{i:02d}.json"
+            if done.is_file():
+                row = json.loads(done.read_text())
+                if row["row"] == m.label and row["episodes"] >= budget.eval_episodes:
+                    rows.append(row)
+                    continue
+            evaluator = evaluator or Evaluator(EvalConfig(task=cell.task, images=cell.images, n_envs=args.n_envs))
+            policy = Policy.load(ckpts[(m.head, m.distilled)])
+            s = evaluator.run(policy, budget.eval_episodes, seed_start=100000, solver=m.sampler).summary()
+            t = timing.get(f"{m.head}_distilled" if m.distilled else m.head, {})
+            row = {"suite": args.suite, "task": cell.task, "images": cell.images, "seed": seed, "row": m.label,
+                   "head": m.head, "distilled": m.distilled, "nfe": policy.nfe(m.sampler),
+                   "params": policy.num_trained_params(), "episodes": s["n_episodes"], "successes": s["n_success"],
+                   "success": s["success_rate"], "ci95": s["success_ci95"], "success_modes": s["success_modes"],
+                   "demo_modes": modes_demo, **mode_coverage(s["success_modes"], list(modes_demo)),
+                   "latency_ms": latency_ms(policy, obs, m.sampler, budget.latency_reps),
+                   "train_s": timing.get(m.head, {}).get("train_s"), "distill_s": t.get("distill_s"),
+                   "chunk_rms_vs_teacher": t.get("chunk_rms_vs_teacher"), "eval_s": s["wall_s"],
+                   "mean_length": s["mean_length"], "collisions": s["n_collisions"]}  # fmt: skip
+            atomic_write_text(done, json.dumps(row, indent=2))
+            rows.append(row)
+            print(f"{cell.task} seed {seed} {m.label:<32} NFE={row['nfe']:<4} success={row['success']:.2f} "
+                  f"coverage={row['mode_coverage']} latency={row['latency_ms']:.2f} ms", flush=True)
+    finally:
+        if evaluator is not None:
+            evaluator.close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=sorted(SUITES), default="smoke")
+    p.add_argument("--out", default=None, help="work directory (default outputs/suite_<suite>)")
+    p.add_argument("--tasks", nargs="*", default=None, help="run only these tasks of the suite")
+    p.add_argument("--rows", default=None, help="finished rows (default benchmarks/results/<suite>; smoke: OUT/rows)")
+    p.add_argument("--results", default=None, help="results page (default docs/results.md; smoke: OUT/results.md)")
+    p.add_argument("--n-envs", type=int, default=1, help="evaluation env worker processes")
+    p.add_argument("--overrides", nargs="*", default=[], help="extra key=value for every training run")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--report", action="store_true", help="only rewrite the results page from ROWS")
+    args = p.parse_args(argv)
+    cells, budget = SUITES[args.suite]
+    out = Path(args.out or f"outputs/suite_{args.suite}")
+    rows = Path(args.rows or (out / "rows" if args.suite == "smoke" else ROOT / "benchmarks" / "results" / args.suite))
+    results = Path(args.results or (out / "results.md" if args.suite == "smoke" else ROOT / "docs" / "results.md"))
+    if not args.report:
+        torch.set_num_threads(args.threads)
+        unknown = set(args.tasks or ()) - {c.task for c in cells}
+        if unknown:
+            p.error(f"tasks not in suite {args.suite}: {sorted(unknown)} (see benchmarks/suite_plan.py)")
+        for cell in cells:
+            if args.tasks and cell.task not in args.tasks:
+                continue
+            for seed in cell.seeds:
+                run_cell_seed(cell, budget, out, rows, seed, args)
+            write_report(rows, args.suite, cells, budget, results)
+    write_report(rows, args.suite, cells, budget, results)
+    print(f"wrote {results}")
+
+
+if __name__ == "__main__":
+    main()

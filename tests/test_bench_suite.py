@@ -1,0 +1,78 @@
+"""The benchmark suite end to end at a tiny budget: every method's row, the results page, plots, resume."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import suite  # noqa: E402
+import suite_plan  # noqa: E402
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    budget = suite_plan.Budget(demos={"toy": 12, "metaworld": 4, "robosuite": 2}, eval_episodes=2,
+                               steps={"toy": 40}, distill_steps=8, latency_reps=2,
+                               overrides=("val_every=1000", "checkpoint_every=1000"))  # fmt: skip
+    monkeypatch.setitem(suite_plan.SUITES, "tiny", ([suite_plan.Cell("toy/point-obstacle", headline=True)], budget))
+    return budget
+
+
+def test_suite_runs_every_method_writes_the_page_and_resumes(tmp_path, tiny):
+    out, page, row_dir = tmp_path / "work", tmp_path / "results.md", tmp_path / "rows"
+    argv = ["--suite", "tiny", "--out", str(out), "--results", str(page), "--rows", str(row_dir)]
+    suite.main(argv)
+    rows = sorted((row_dir / "toy_point-obstacle" / "seed0").glob("*.json"))
+    labels = [json.loads(f.read_text())["row"] for f in rows]
+    assert labels == [m.label for m in suite_plan.methods(4)]
+    first = json.loads(rows[0].read_text())
+    assert first["episodes"] == 2 and first["demo_modes"] and 0 <= first["success"] <= 1
+    assert set(first["demo_modes"]) == {"left", "right"} and first["mode_coverage"] is not None
+    assert first["latency_ms"] > 0 and first["train_s"] > 0 and first["params"] > 0
+    equal_nfe = json.loads(rows[1].read_text())
+    assert not equal_nfe["distilled"] and equal_nfe["nfe"] == 8  # 4 blocks × euler×2: at most FM euler×10's
+    distilled = json.loads(rows[2].read_text())
+    assert distilled["distilled"] and distilled["nfe"] == 4 and distilled["distill_s"] > 0
+    text = page.read_text()
+    assert "**Status: 1 of 1 (task, training seed) cells complete** (11 rows)" in text
+    assert "| LFM euler×10/N per block (NFE ≤ 10) |" in text
+    assert "| regression |" in text and "python benchmarks/suite.py --suite tiny" in text
+    assert (tmp_path / "img" / "results_tiny_success_vs_cost.png").stat().st_size > 1000
+    assert (tmp_path / "img" / "results_tiny_modes.png").is_file()
+
+    # A rerun finds every training and row: nothing is trained or evaluated again.
+    stamps = {f: f.stat().st_mtime_ns for f in rows}
+    status = (out / "toy_point-obstacle" / "seed0" / "lfm" / "status.json").stat().st_mtime_ns
+    suite.main(argv)
+    assert {f: f.stat().st_mtime_ns for f in rows} == stamps
+    assert (out / "toy_point-obstacle" / "seed0" / "lfm" / "status.json").stat().st_mtime_ns == status
+    # A lost row is evaluated again, the others are kept; --report alone rebuilds the page from the rows.
+    rows[-1].unlink()
+    suite.main(argv)
+    assert rows[-1].is_file() and rows[0].stat().st_mtime_ns == stamps[rows[0]]
+    page.unlink()
+    suite.main([*argv, "--report"])
+    assert page.read_text().count("| regression |") >= 2
+
+
+def test_suite_plans_name_shipped_configs_and_registered_tasks():
+    from lfm_policy.envs.registry import list_tasks
+
+    for name, (cells, budget) in suite_plan.SUITES.items():
+        for cell in cells:
+            assert cell.task in list_tasks(), (name, cell.task)
+            assert (BENCH.parent / "configs" / suite_plan.config_name(cell)).is_file()
+            assert cell.family in budget.demos
+    cpu_cells, _ = suite_plan.SUITES["cpu"]
+    multimodal = {c.task for c in cpu_cells if c.multimodal}
+    assert len([t for t in multimodal if not t.startswith("toy/")]) >= 4
+    assert len({c.task for c in cpu_cells if c.family == "metaworld"}) >= 10
+    headline_seeds = {}
+    for c in cpu_cells:
+        if c.headline:
+            headline_seeds.setdefault(c.task, set()).update(c.seeds)
+    assert all(len(s) >= 3 for s in headline_seeds.values())
