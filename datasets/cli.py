@@ -1,7 +1,8 @@
 """``lfm-policy data ...``: inspect, convert and view demonstration datasets.
 
-Subcommands: ``info``, ``check``, ``rewrite``, ``import-robomimic``, ``export-robomimic``, ``view``. PATH
-arguments accept a zarr replay buffer (a directory) or a robomimic HDF5 file (``check`` and ``rewrite``:
+Subcommands: ``info``, ``check``, ``rewrite``, ``import-robomimic``, ``export-robomimic``,
+``import-lerobot``, ``export-lerobot``, ``view``. PATH arguments accept a zarr replay buffer (a
+directory), a robomimic HDF5 file or, for ``info``, a LeRobot dataset folder (``check`` and ``rewrite``:
 replay buffers only). Heavy imports happen inside the handlers.
 """
 
@@ -64,6 +65,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("import-lerobot", help="convert a LeRobot dataset folder (v3.0, v2.1) into a zarr replay buffer",
+                       description="Convert a LeRobotDataset folder (meta/info.json, Parquet, MP4) into a replay "
+                                   "buffer: observation.state -> state, observation.images.<cam> -> <cam>_image "
+                                   "(uint8 HWC), action -> action. All-or-nothing.")
+    p.add_argument("input", help="LeRobot dataset folder (the one holding meta/info.json)")
+    p.add_argument("output", help="replay buffer directory to create (.zarr)")
+    p.add_argument("--episodes", nargs="+", type=int, default=None, help="episode indices to import (default: all)")
+    p.add_argument("--keys", nargs="+", default=None,
+                   help="LeRobot features to keep, e.g. observation.state observation.images.front (default: all; "
+                        "action is always kept)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=cmd_import_lerobot)
+
+    p = sub.add_parser("export-lerobot", help="write a zarr replay buffer as a LeRobot v3.0 dataset folder",
+                       description="Write a replay buffer as a LeRobotDataset v3.0 folder: low-dim keys to Parquet, "
+                                   "image keys to AV1 MP4 (LeRobot's defaults). All-or-nothing.")
+    p.add_argument("input", help="replay buffer directory (.zarr)")
+    p.add_argument("output", help="LeRobot dataset folder to create")
+    p.add_argument("--task", default=None, help="task string of episodes that have none (default: the buffer's task)")
+    p.add_argument("--robot-type", default=None, help="robot_type in meta/info.json")
+    p.add_argument("--fps", type=float, default=None, help="frame rate (default: the buffer's, else 10)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=cmd_export_lerobot)
+
     p = sub.add_parser("view", help="render an episode: cameras side by side + actions over time")
     p.add_argument("path", help="replay buffer directory (.zarr) or robomimic .hdf5 file")
     p.add_argument("--episode", type=int, default=0, help="episode index (default 0)")
@@ -83,6 +108,11 @@ def open_dataset(path: str, *, check_finite: bool = True):
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
+    if p.is_dir() and (p / "meta" / "info.json").is_file():
+        from lfm_policy.datasets.lerobot_format import LeRobotFolder
+
+        yield LeRobotFolder(p)
+        return
     if p.is_dir():
         from lfm_policy.datasets.replay_buffer import ReplayBuffer
 
@@ -101,8 +131,13 @@ def open_dataset(path: str, *, check_finite: bool = True):
 def cmd_info(args: argparse.Namespace) -> int:
     """Print the dataset summary (:mod:`lfm_policy.datasets.info`)."""
     from lfm_policy.datasets.info import describe, render
+    from lfm_policy.datasets.lerobot_format import LeRobotFolder, render_lerobot
 
     with open_dataset(args.path, check_finite=False) as source:
+        if isinstance(source, LeRobotFolder):
+            info = source.describe()
+            print(json.dumps(info, indent=2) if args.json else render_lerobot(info))
+            return 0
         info = describe(source, stats=not args.no_stats)
     print(json.dumps(info, indent=2) if args.json else render(info))
     return 0
@@ -167,26 +202,43 @@ class _Progress:
         self.close()
 
 
+def _convert(kind: str, fn, args: argparse.Namespace, **kwargs) -> int:
+    """Run an importer (returns the buffer) or exporter (returns the episode count) with a progress bar."""
+    with _Progress(kind) as progress:
+        result = fn(args.input, args.output, overwrite=args.overwrite, on_episode=progress, **kwargs)
+    if isinstance(result, int):
+        print(f"wrote {args.output}: {result} episodes")
+    else:
+        print(f"wrote {args.output}: {result.n_episodes} episodes, {result.n_steps} steps, keys {result.keys}")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     """Convert robomimic HDF5 → replay buffer."""
     from lfm_policy.datasets.robomimic_convert import import_robomimic
 
-    with _Progress("import") as progress:
-        buf = import_robomimic(args.input, args.output, obs_keys=args.obs_keys, filter_key=args.filter_key,
-                               overwrite=args.overwrite, on_episode=progress)
-    print(f"wrote {args.output}: {buf.n_episodes} episodes, {buf.n_steps} steps, keys {buf.keys}")
-    return 0
+    return _convert("import", import_robomimic, args, obs_keys=args.obs_keys, filter_key=args.filter_key)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Convert replay buffer → robomimic HDF5."""
     from lfm_policy.datasets.robomimic_convert import export_robomimic
 
-    with _Progress("export") as progress:
-        n = export_robomimic(args.input, args.output, overwrite=args.overwrite, next_obs=args.next_obs,
-                             on_episode=progress)
-    print(f"wrote {args.output}: {n} episodes")
-    return 0
+    return _convert("export", export_robomimic, args, next_obs=args.next_obs)
+
+
+def cmd_import_lerobot(args: argparse.Namespace) -> int:
+    """Convert LeRobot folder → replay buffer."""
+    from lfm_policy.datasets.lerobot_convert import import_lerobot
+
+    return _convert("import", import_lerobot, args, episodes=args.episodes, keys=args.keys)
+
+
+def cmd_export_lerobot(args: argparse.Namespace) -> int:
+    """Convert replay buffer → LeRobot v3.0 folder."""
+    from lfm_policy.datasets.lerobot_write import export_lerobot
+
+    return _convert("export", export_lerobot, args, task=args.task, robot_type=args.robot_type, fps=args.fps)
 
 
 def cmd_view(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from lfm_policy.datasets.buffer_lifecycle import exists_message
+from lfm_policy.datasets.export_common import NEXT_OBS_PREFIX, export_keys, open_for_export
 from lfm_policy.datasets.replay_buffer import ReplayBuffer
 from lfm_policy.datasets.robomimic_hdf5 import DEMO_RE, RobomimicFile
 from lfm_policy.datasets.robomimic_write import write_robomimic_hdf5
@@ -33,8 +34,6 @@ from lfm_policy.errors import DataError
 
 #: robomimic top-level dataset → replay buffer key.
 TOP_TO_BUFFER = {"actions": "action", "rewards": "reward", "dones": "done", "states": "sim_state"}
-#: Prefix of the data keys that keep a ``next_obs`` that is not a shift of ``obs``.
-NEXT_OBS_PREFIX = "next_obs."
 
 
 class _NotAShift(Exception):
@@ -154,23 +153,9 @@ def export_robomimic(in_zarr: str | os.PathLike, out_hdf5: str | os.PathLike, *,
 
     """
     out_hdf5 = Path(out_hdf5)
-    if out_hdf5.exists() and not overwrite:
-        raise FileExistsError(exists_message(out_hdf5))
-    buf = ReplayBuffer.open(in_zarr)
-    if buf.n_episodes == 0:
-        raise DataError(f"{in_zarr}: the buffer has no episodes to export")
+    buf = open_for_export(in_zarr, out_hdf5, overwrite)
     schema = buf.attrs.get("schema") or {}
-    action_key = schema.get("action_key", "action")
-    if action_key not in buf.keys:
-        raise DataError(f"{in_zarr}: missing action key {action_key!r}; available keys: {buf.keys}")
-    reserved = {action_key, "reward", "done", "sim_state"}
-    obs_keys = list(schema.get("obs_keys") or [k for k in buf.keys
-                                               if k not in reserved and not k.startswith(NEXT_OBS_PREFIX)])
-    for key in obs_keys:
-        if key not in buf.keys:
-            raise DataError(f"{in_zarr}: attrs schema lists obs key {key!r}, which is not in data/")
-    if not obs_keys:
-        raise DataError(f"{in_zarr}: no observation keys to export (keys: {buf.keys})")
+    action_key, obs_keys = export_keys(buf, in_zarr)
     verbatim = {k: v for k, v in (schema.get("next_obs") or {}).items() if k in obs_keys}
     verbatim.update({k: NEXT_OBS_PREFIX + k for k in obs_keys if NEXT_OBS_PREFIX + k in buf.keys and k not in verbatim})
     for data_key in verbatim.values():
