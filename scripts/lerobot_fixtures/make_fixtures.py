@@ -100,6 +100,18 @@ FIXTURES = {
         ],
         "video": True,
     },
+    # The camera as dtype "image": PNG bytes inside the data Parquet (use_videos=False), lossless.
+    "image": {
+        "seed": 91011,
+        "state_dim": 3,
+        "action_dim": 2,
+        "episodes": [
+            (6, "stack the cups"),
+            (5, "unstack the cups"),
+        ],
+        "video": True,
+        "camera_dtype": "image",
+    },
 }
 
 
@@ -132,7 +144,7 @@ def make_features(spec: dict) -> dict:
     }
     if spec["video"]:
         feats[CAM] = {
-            "dtype": "video",
+            "dtype": spec.get("camera_dtype", "video"),
             "shape": (H, W, 3),
             "names": ["height", "width", "channels"],
         }
@@ -191,7 +203,7 @@ def write_dataset(name: str, spec: dict, root: Path, episodes: list[dict]) -> No
         root=root,
         fps=FPS,
         features=make_features(spec),
-        use_videos=spec["video"],
+        use_videos=spec["video"] and spec.get("camera_dtype", "video") == "video",
     )
     for ep in episodes:
         for i in range(len(ep["state"])):
