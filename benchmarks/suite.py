@@ -83,6 +83,40 @@ def _complete(run: Path) -> bool:
     return status.is_file() and json.loads(status.read_text()).get("state") == "complete"
 
 
+class Deadline:
+    """``--max-minutes``: stop between units of work (a training, a distillation, a row) once it has passed."""
+
+    def __init__(self, minutes: float | None):
+        self.end = None if minutes is None else time.monotonic() + 60 * minutes
+
+    def check(self) -> None:
+        """Raise :class:`PartDone` when the time is up (everything finished so far is kept)."""
+        if self.end is not None and time.monotonic() > self.end:
+            raise PartDone
+
+
+class PartDone(Exception):
+    """The part's time is up; a rerun continues."""
+
+
+deadline = Deadline(None)
+
+
+def _train_or_resume(config: TrainConfig) -> bool:
+    """Continue an interrupted run of the same config from its last checkpoint, else train from scratch."""
+    from lfm_policy.errors import LfmPolicyError
+
+    if (Path(config.out_dir) / "checkpoints" / "latest").exists():
+        try:
+            train(config, progress=False, resume=True)
+            return True
+        except LfmPolicyError as e:  # another config (or no usable checkpoint): start over
+            if "resume" not in str(e):
+                raise
+    train(config, progress=False, overwrite=True)
+    return False
+
+
 def train_heads(cell: Cell, budget: Budget, data: Path, out: Path, seed: int, extra: list[str]) -> dict:
     """Train (or find) every head and both students; return checkpoints and wall times."""
     ckpts, timing = {}, {}
@@ -90,15 +124,17 @@ def train_heads(cell: Cell, budget: Budget, data: Path, out: Path, seed: int, ex
         run = out / kind
         timing_file = run / "suite_timing.json"
         if not _complete(run):
+            deadline.check()
             t0 = time.perf_counter()
-            train(train_config(cell, budget, data, run, kind, seed, extra), progress=False, overwrite=True)
-            atomic_write_text(timing_file, json.dumps({"train_s": time.perf_counter() - t0}))
+            resumed = _train_or_resume(train_config(cell, budget, data, run, kind, seed, extra))
+            atomic_write_text(timing_file, json.dumps({"train_s": time.perf_counter() - t0, "resumed": resumed}))
         ckpts[(kind, False)] = run / "checkpoints" / "latest"
         timing[kind] = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
         if kind not in ("lfm", "fm"):
             continue
         dout = out / f"{kind}_distilled"
         if not (dout / "distill_summary.json").is_file():
+            deadline.check()
             t0 = time.perf_counter()
             dcfg = setup_distillation(ckpts[(kind, False)], dout, steps=budget.distill_steps)
             write_summary(Policy.load(train(dcfg, progress=False, overwrite=True)), dcfg)
@@ -130,6 +166,7 @@ def run_cell_seed(cell: Cell, budget: Budget, out_root: Path, rows_root: Path, s
                 if row["row"] == m.label and row["episodes"] >= budget.eval_episodes:
                     rows.append(row)
                     continue
+            deadline.check()
             evaluator = evaluator or Evaluator(EvalConfig(task=cell.task, images=cell.images, n_envs=args.n_envs))
             policy = Policy.load(ckpts[(m.head, m.distilled)])
             s = evaluator.run(policy, budget.eval_episodes, seed_start=100000, solver=m.sampler).summary()
@@ -164,7 +201,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--overrides", nargs="*", default=[], help="extra key=value for every training run")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report", action="store_true", help="only rewrite the results page from ROWS")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop cleanly once this much time has passed (between trainings, distillations and rows); "
+                        "a rerun continues: the gpu suite runs as parts of at most ~25 minutes this way")
     args = p.parse_args(argv)
+    global deadline
+    deadline = Deadline(args.max_minutes)
     cells, budget = SUITES[args.suite]
     out = Path(args.out or f"outputs/suite_{args.suite}")
     rows = Path(args.rows or (out / "rows" if args.suite == "smoke" else ROOT / "benchmarks" / "results" / args.suite))
@@ -174,12 +216,16 @@ def main(argv: list[str] | None = None) -> None:
         unknown = set(args.tasks or ()) - {c.task for c in cells}
         if unknown:
             p.error(f"tasks not in suite {args.suite}: {sorted(unknown)} (see benchmarks/suite_plan.py)")
-        for cell in cells:
-            if args.tasks and cell.task not in args.tasks:
-                continue
-            for seed in cell.seeds:
-                run_cell_seed(cell, budget, out, rows, seed, args)
-            write_report(rows, args.suite, cells, budget, results)
+        try:
+            for cell in cells:
+                if args.tasks and cell.task not in args.tasks:
+                    continue
+                for seed in cell.seeds:
+                    run_cell_seed(cell, budget, out, rows, seed, args)
+                write_report(rows, args.suite, cells, budget, results)
+        except PartDone:
+            print(f"--max-minutes {args.max_minutes:g} reached: stopped between units of work; run the same "
+                  "command again to continue", flush=True)
     write_report(rows, args.suite, cells, budget, results)
     print(f"wrote {results}")
 

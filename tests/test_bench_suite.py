@@ -22,9 +22,11 @@ def tiny(monkeypatch):
     return budget
 
 
-def test_suite_runs_every_method_writes_the_page_and_resumes(tmp_path, tiny):
+def test_suite_runs_every_method_writes_the_page_and_resumes(tmp_path, tiny, capsys):
     out, page, row_dir = tmp_path / "work", tmp_path / "results.md", tmp_path / "rows"
     argv = ["--suite", "tiny", "--out", str(out), "--results", str(page), "--rows", str(row_dir)]
+    suite.main([*argv, "--max-minutes", "0"])  # a part whose time is up stops before the first training
+    assert "--max-minutes 0 reached" in capsys.readouterr().out and not (out / "toy_point-obstacle").exists()
     suite.main(argv)
     rows = sorted((row_dir / "toy_point-obstacle" / "seed0").glob("*.json"))
     labels = [json.loads(f.read_text())["row"] for f in rows]
