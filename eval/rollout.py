@@ -97,6 +97,14 @@ def _text(value: Any) -> str | None:
     return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
+def _step_generator(steps: list[tuple[int, int]]) -> torch.Generator:
+    """A CPU generator seeded by (episode seed, env step) of every episode in one policy call."""
+    seed = 0
+    for episode_seed, step in steps:
+        seed = (seed * 1_000_003 + episode_seed * 100_003 + step) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
 class Evaluator:
     """Environments kept alive across evaluations (the trainer calls :meth:`run` every K steps).
 
@@ -276,13 +284,18 @@ class Evaluator:
                     continue
                 batch = {k: torch.as_tensor(np.asarray(obs[k])[active]) for k in keys if k in obs}
                 noise = torch.stack([torch.randn(horizon, da, generator=gens[j]) for j in active])
+                # Samplers that draw fresh noise while they run (DDPM) take it from a generator seeded by the
+                # episodes and steps of this call, never from the global RNG: paired across runs and rows.
+                steps = [(seed_start + slot_ep[j], slot_len[j]) for j in active]
                 t0 = time.perf_counter()
                 noise = noise.to(policy.device)
                 if self.config.batch_inference:
-                    chunk = policy.predict_action_chunk(batch, noise=noise, solver=solver)
+                    chunk = policy.predict_action_chunk(batch, noise=noise, solver=solver,
+                                                        generator=_step_generator(steps))
                 else:
                     chunk = torch.cat([policy.predict_action_chunk({k: v[b : b + 1] for k, v in batch.items()},
-                                                                   noise=noise[b : b + 1], solver=solver)
+                                                                   noise=noise[b : b + 1], solver=solver,
+                                                                   generator=_step_generator(steps[b : b + 1]))
                                        for b in range(len(active))])
                 acts = policy.executable_actions(chunk).float().cpu().numpy()
                 results.chunk_latency_s.append(time.perf_counter() - t0)

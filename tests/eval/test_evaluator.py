@@ -125,3 +125,22 @@ def test_keyboard_interrupt_returns_what_finished(tiny_checkpoint):
         again = ev.run(policy, episodes=2)  # the evaluator recovers (envs recreated)
     assert not again.interrupted and len(again.episodes) == 2
     assert torch.get_num_threads() >= 1
+
+
+def test_ddpm_step_noise_is_paired_across_runs_and_global_rng_state(toy_zarr_eval, tmp_path):
+    """DDPM draws fresh noise at every step; it comes from the episode seeds, not from torch's global RNG."""
+    from eval_helpers import tiny_train_config
+
+    from lfm_policy.heads import DiffusionSampler
+    from lfm_policy.train import train
+
+    ckpt = train(tiny_train_config(toy_zarr_eval, tmp_path / "ddpm", **{"policy.head.kind": "diffusion"}),
+                 progress=False)
+    policy = Policy.load(ckpt)
+    ddpm = DiffusionSampler("ddpm")
+    runs = []
+    with Evaluator(EvalConfig(task="toy/point-obstacle", n_envs=1)) as ev:
+        for global_seed in (0, 12345):
+            torch.manual_seed(global_seed)
+            runs.append(ev.run(policy, episodes=3, seed_start=100000, solver=ddpm))
+    assert _key(runs[0]) == _key(runs[1])
