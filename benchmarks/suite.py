@@ -46,7 +46,8 @@ from lfm_policy.eval.rollout import EvalConfig, Evaluator  # noqa: E402
 from lfm_policy.train import TrainConfig, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADS = ("lfm", "fm", "diffusion", "regression")
+#: Trainings per cell and seed: the four heads, then LFM with N × the steps (``lfm_steps``).
+HEADS = ("lfm", "fm", "diffusion", "regression", "lfm_steps")
 
 
 def demos(cell: Cell, budget: Budget, out: Path) -> Path:
@@ -68,11 +69,15 @@ def demo_modes(data: Path) -> dict[str, int]:
 
 def train_config(cell: Cell, budget: Budget, data: Path, run: Path, kind: str, seed: int,
                  extra: list[str]) -> TrainConfig:
-    """The shipped config with this cell's data, head, seed and budget."""
+    """The shipped config with this cell's data, head, seed and budget (``lfm_steps``: LFM, N × the steps)."""
     base = TrainConfig.from_json(ROOT / "configs" / config_name(cell))
-    over = [f"data.path={data}", f"out_dir={run}", f"policy.head.kind={kind}", f"seed={seed}"]
-    if budget.steps.get(cell.family):
-        over.append(f"total_steps={budget.steps[cell.family]}")
+    head = "lfm" if kind == "lfm_steps" else kind
+    over = [f"data.path={data}", f"out_dir={run}", f"policy.head.kind={head}", f"seed={seed}"]
+    steps = budget.steps.get(cell.family) or base.total_steps
+    if kind == "lfm_steps":  # every block trains as many steps as the other heads' one network
+        steps *= base.policy.head.chain.n_blocks
+    if steps != base.total_steps:
+        over.append(f"total_steps={steps}")
     if cell.task in DETOUR_TASKS:
         over.append("data.obs_keys=" + json.dumps([*base.data.obs_keys, "keepout"]))
     return base.with_overrides([*over, *budget.overrides, *extra])

@@ -43,6 +43,7 @@ def methods(n_blocks: int) -> list[Method]:
 
     FM euler×N runs at the distilled LFM chain's NFE (N = its number of blocks); LFM euler×(10 // N)
     per block runs at (at most) the NFE of FM euler×10 and DDIM-10, so both flows meet at NFE N and 10.
+    ``lfm_steps`` is the LFM head trained with N × the config's steps (see ``suite.train_config``).
     """
     per_block = 10 // n_blocks
     return [
@@ -57,6 +58,11 @@ def methods(n_blocks: int) -> list[Method]:
         Method("DDIM-10", "diffusion", sampler=DiffusionSampler("ddim", 10)),
         Method("DDPM-100", "diffusion", sampler=DiffusionSampler("ddpm")),
         Method("regression", "regression"),
+        # LFM with N× the optimizer steps (each block trains as many steps as FM's one network; about FM's
+        # training wall time, since a block has 1/N of its parameters). Last, so earlier rows keep their files.
+        Method("LFM ×N steps (midpoint×1 per block)", "lfm_steps"),
+        Method(f"LFM ×N steps, euler×{per_block} per block", "lfm_steps",
+               sampler=SolverConfig(method="euler", steps=per_block)),
     ]
 
 
@@ -64,6 +70,8 @@ def canonical(label: str) -> str:
     """FM at the LFM chain's NFE and LFM at NFE ≈ 10 are one table row each whatever N is."""
     if label.startswith("LFM euler×"):
         return "LFM euler×10/N per block (NFE ≤ 10)"
+    if label.startswith("LFM ×N steps, euler×"):
+        return "LFM ×N steps, euler×10/N per block (NFE ≤ 10)"
     return "FM euler×N (LFM's NFE)" if label.startswith("FM euler×") and label != "FM euler×10" else label
 
 

@@ -12,6 +12,8 @@ sys.path.insert(0, str(BENCH))
 import suite  # noqa: E402
 import suite_plan  # noqa: E402
 
+from lfm_policy.train_run import RUN_CONFIG  # noqa: E402
+
 
 @pytest.fixture
 def tiny(monkeypatch):
@@ -40,7 +42,11 @@ def test_suite_runs_every_method_writes_the_page_and_resumes(tmp_path, tiny, cap
     distilled = json.loads(rows[2].read_text())
     assert distilled["distilled"] and distilled["nfe"] == 4 and distilled["distill_s"] > 0
     text = page.read_text()
-    assert "**Status: 1 of 1 (task, training seed) cells complete** (11 rows)" in text
+    assert "**Status: 1 of 1 (task, training seed) cells complete** (13 rows)" in text
+    more_steps = json.loads(rows[-1].read_text())
+    assert more_steps["head"] == "lfm_steps" and more_steps["train_s"] > 0 and more_steps["nfe"] == 8
+    saved = json.loads((out / "toy_point-obstacle" / "seed0" / "lfm_steps" / RUN_CONFIG).read_text())
+    assert saved["total_steps"] == 4 * 40 and saved["policy"]["head"]["kind"] == "lfm"  # 4 blocks × 40 steps
     assert "| LFM euler×10/N per block (NFE ≤ 10) |" in text
     assert "| regression |" in text and "python benchmarks/suite.py --suite tiny" in text
     assert (tmp_path / "img" / "results_tiny_success_vs_cost.png").stat().st_size > 1000

@@ -1,0 +1,84 @@
+"""Why LFM trails FM in the suite: is it the per-block budget? One suite cell, LFM with more per block.
+
+In the suite every head gets the same total parameters and optimizer steps, so each of LFM's N blocks
+has 1/N of FM's parameters (``equal_total_params``: widths × 1/sqrt(N)) and 1/N of its steps (one stage
+per block). This trains, on the suite's own demonstrations of one cell and with its config and seed:
+
+  lfm ×2 params   ``policy.head.equal_total_params=false``: every block as wide as FM's network
+  lfm ×2 steps    ``total_steps`` × N: every block trains as many steps as FM's network
+  lfm ×2 both     both
+
+and evaluates each on the suite's episode seeds with the suite's two LFM samplers (the config's
+midpoint × 1 per block, and Euler × 10 // N per block), next to the suite's rows for that cell.
+
+    python benchmarks/suite_lfm_budget.py --task metaworld/reach-v3-detour   # after the suite ran the cell
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from suite import ROOT, _complete, train_config  # noqa: E402
+from suite_plan import SUITES, config_name  # noqa: E402
+
+from lfm_policy import Policy  # noqa: E402
+from lfm_policy.eval.rollout import EvalConfig, Evaluator  # noqa: E402
+from lfm_policy.flow import SolverConfig  # noqa: E402
+from lfm_policy.train import TrainConfig, train  # noqa: E402
+
+VARIANTS = {"lfm ×2 params": ["policy.head.equal_total_params=false"], "lfm ×2 steps": ["STEPS"],
+            "lfm ×2 both": ["policy.head.equal_total_params=false", "STEPS"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default="cpu")
+    p.add_argument("--task", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="work directory (default outputs/suite_<suite>)")
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    cells, budget = SUITES[args.suite]
+    cell = next(c for c in cells if c.task == args.task)
+    out = Path(args.out or f"outputs/suite_{args.suite}")
+    data = out / "data" / f"{cell.key}.zarr"
+    base = TrainConfig.from_json(ROOT / "configs" / config_name(cell))
+    n = base.policy.head.chain.n_blocks
+    steps = budget.steps.get(cell.family) or base.total_steps
+    results = Path(__file__).with_name("results") / args.suite / "lfm_budget" / f"{cell.key}_seed{args.seed}.json"
+    record = json.loads(results.read_text()) if results.is_file() else {}
+    samplers = {"midpoint×1 per block": None, f"euler×{10 // n} per block": SolverConfig("euler", steps=10 // n)}
+    with Evaluator(EvalConfig(task=cell.task, n_envs=1)) as ev:
+        for name in args.variants:
+            extra = [f"total_steps={steps * n}" if o == "STEPS" else o for o in VARIANTS[name]]
+            run = out / cell.key / f"seed{args.seed}" / "lfm_budget" / name.replace(" ", "_").replace("×", "x")
+            cfg = train_config(cell, budget, data, run, "lfm", args.seed, extra)
+            t0 = time.perf_counter()
+            if not _complete(run):
+                train(cfg, progress=False, overwrite=True)
+            train_s = time.perf_counter() - t0
+            policy = Policy.load(run / "checkpoints" / "latest")
+            for label, solver in samplers.items():
+                key = f"{name}, {label}"
+                if key in record:
+                    continue
+                s = ev.run(policy, budget.eval_episodes, seed_start=100000, solver=solver).summary()
+                record[key] = {"successes": s["n_success"], "episodes": s["n_episodes"],
+                               "collisions": s["n_collisions"], "nfe": policy.nfe(solver),
+                               "params": policy.num_trained_params(), "overrides": extra, "train_s": train_s}
+                print(f"{key:<44} {s['n_success']}/{s['n_episodes']} collisions {s['n_collisions']}", flush=True)
+                results.parent.mkdir(parents=True, exist_ok=True)
+                results.write_text(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
