@@ -135,6 +135,8 @@ def train_heads(cell: Cell, budget: Budget, data: Path, out: Path, seed: int, ex
             atomic_write_text(timing_file, json.dumps({"train_s": time.perf_counter() - t0, "resumed": resumed}))
         ckpts[(kind, False)] = run / "checkpoints" / "latest"
         timing[kind] = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+        if timing[kind].get("resumed"):  # only the part after the restart was timed: no training wall time
+            timing[kind] = {**timing[kind], "train_s": None}
         if kind not in ("lfm", "fm"):
             continue
         dout = out / f"{kind}_distilled"
