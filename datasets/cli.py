@@ -100,17 +100,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 @contextmanager
-def open_dataset(path: str, *, check_finite: bool = True):
+def open_dataset(path: str, *, check_finite: bool = True, lerobot: bool = False):
     """Open PATH as a replay buffer (directory) or robomimic file (HDF5); yield it.
 
-    ``check_finite=False`` lets a robomimic file with NaN/Inf be read (``data info`` reports them).
+    ``check_finite=False`` lets a robomimic file with NaN/Inf be read (``data info`` reports them);
+    ``lerobot=True`` also opens a LeRobot dataset folder (a :class:`LeRobotFolder`: only ``data info``
+    reads one; the other commands see it as what it is not, a replay buffer, and say so).
     """
+    from lfm_policy.datasets.lerobot_format import LeRobotFolder, is_lerobot_folder
+
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
-    if p.is_dir() and (p / "meta" / "info.json").is_file():
-        from lfm_policy.datasets.lerobot_format import LeRobotFolder
-
+    if lerobot and is_lerobot_folder(p):
         yield LeRobotFolder(p)
         return
     if p.is_dir():
@@ -133,7 +135,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from lfm_policy.datasets.info import describe, render
     from lfm_policy.datasets.lerobot_format import LeRobotFolder, render_lerobot
 
-    with open_dataset(args.path, check_finite=False) as source:
+    with open_dataset(args.path, check_finite=False, lerobot=True) as source:
         if isinstance(source, LeRobotFolder):
             info = source.describe()
             print(json.dumps(info, indent=2) if args.json else render_lerobot(info))

@@ -99,7 +99,7 @@ def export_lerobot(in_zarr: str | os.PathLike, out_dir: str | os.PathLike, *, ta
         for c in _INDEX_FEATURES:
             columns[c] = []
         frames: dict[str, list[np.ndarray]] = {k: [] for k in images}
-        stats_data: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+        lowdim: dict[str, list[np.ndarray]] = {k: [] for k in keys if k not in images}  # for the stats
         tasks: dict[str, int] = {}
         episodes: list[dict[str, Any]] = []
         start = 0
@@ -111,10 +111,10 @@ def export_lerobot(in_zarr: str | os.PathLike, out_dir: str | os.PathLike, *, ta
                 tasks.setdefault(s, len(tasks))
             for k in keys:
                 arr = np.asarray(ep[k])
-                stats_data[k].append(arr)
                 if k in images:
                     frames[k].append(arr)
                 else:
+                    lowdim[k].append(arr)
                     columns[names[k]].extend(arr.reshape(t, -1).tolist() if arr.ndim > 1 else arr.tolist())
             columns["timestamp"].extend((np.arange(t) / fps).astype(np.float32).tolist())
             columns["frame_index"].extend(range(t))
@@ -124,14 +124,16 @@ def export_lerobot(in_zarr: str | os.PathLike, out_dir: str | os.PathLike, *, ta
             row = {"episode_index": i, "tasks": ep_tasks, "length": t, "data/chunk_index": 0, "data/file_index": 0,
                    "dataset_from_index": start, "dataset_to_index": start + t,
                    "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0}
-            for k in images:
-                t0 = sum(len(f) for f in frames[k][:-1]) / fps
+            for k in images:  # every camera has a frame per step: the episode starts at step `start`
+                t0 = start / fps
                 row.update({f"videos/{names[k]}/chunk_index": 0, f"videos/{names[k]}/file_index": 0,
                             f"videos/{names[k]}/from_timestamp": t0, f"videos/{names[k]}/to_timestamp": t0 + t / fps})
             episodes.append(row)
             start += t
             if on_episode is not None:
                 on_episode(i + 1, buf.n_episodes)
+        video = {k: np.concatenate(v) for k, v in frames.items()}  # (steps, H, W, 3): encoded and summarized
+        del frames
         features: dict[str, Any] = {}
         for k in keys:
             arr = first[k]
@@ -139,7 +141,7 @@ def export_lerobot(in_zarr: str | os.PathLike, out_dir: str | os.PathLike, *, ta
                 h, w = arr.shape[1:3]
                 path = tmp / VIDEO_PATH.format(video_key=names[k], chunk_index=0, file_index=0)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                encode_video(np.concatenate(frames[k]), path, int(round(fps)))
+                encode_video(video[k], path, int(round(fps)))
                 features[names[k]] = {"dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],
                                       "info": {"video.height": h, "video.width": w, "video.codec": "av1",
                                                "video.pix_fmt": "yuv420p", "is_depth_map": False,
@@ -162,7 +164,7 @@ def export_lerobot(in_zarr: str | os.PathLike, out_dir: str | os.PathLike, *, ta
         (tmp / "meta" / "episodes" / "chunk-000").mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(episodes), tmp / EPISODES_PATH)
         _write_tasks(tasks, tmp / "meta" / "tasks.parquet")
-        stats = {names[k]: _stats(np.concatenate(v), k in images) for k, v in stats_data.items()}
+        stats = {names[k]: _stats(video[k] if k in images else np.concatenate(lowdim[k]), k in images) for k in keys}
         (tmp / "meta" / "stats.json").write_text(json.dumps(stats, indent=2))
         info = {"codebase_version": "v3.0", "robot_type": robot_type or source.get("robot_type") or "unknown",
                 "total_episodes": buf.n_episodes, "total_frames": start, "total_tasks": len(tasks),

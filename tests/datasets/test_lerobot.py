@@ -109,6 +109,11 @@ def test_cli_info_import_export(tmp_path, capsys):
     assert list(buf.episode_lengths) == [12, 15]
     assert cli_main(["data", "export-lerobot", str(tmp_path / "a.zarr"), str(tmp_path / "out")]) == 0
     assert [e.length for e in LeRobotFolder(tmp_path / "out").episodes] == [12, 15]
+    from lfm_policy.datasets.cli import open_dataset
+
+    with pytest.raises(DataError, match="not a readable zarr replay buffer"):  # only `data info` reads a folder
+        with open_dataset(str(folder)):
+            pass
 
 
 def _copy(tmp_path, name="video"):
