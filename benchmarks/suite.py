@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from distill_table import first_window, latency_ms  # noqa: E402
-from suite_plan import SUITES, Budget, Cell, config_name, methods  # noqa: E402
+from suite_plan import SUITES, Budget, Cell, Method, config_name, methods  # noqa: E402
 from suite_report import write_report  # noqa: E402
 
 from lfm_policy import Policy  # noqa: E402
@@ -122,10 +122,16 @@ def _train_or_resume(config: TrainConfig) -> bool:
     return False
 
 
-def train_heads(cell: Cell, budget: Budget, data: Path, out: Path, seed: int, extra: list[str]) -> dict:
-    """Train (or find) every head and both students; return checkpoints and wall times."""
+def train_heads(cell: Cell, budget: Budget, data: Path, out: Path, seed: int, extra: list[str],
+                needs: set[tuple[str, bool]]) -> dict:
+    """Train (or find) the heads and students in ``needs`` ((head, distilled) pairs); return checkpoints and wall times.
+
+    A student needs its teacher, so ``("lfm", True)`` trains (or finds) ``lfm`` too.
+    """
     ckpts, timing = {}, {}
     for kind in HEADS:
+        if not any(h == kind for h, _ in needs):
+            continue
         run = out / kind
         timing_file = run / "suite_timing.json"
         if not _complete(run):
@@ -137,7 +143,7 @@ def train_heads(cell: Cell, budget: Budget, data: Path, out: Path, seed: int, ex
         timing[kind] = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
         if timing[kind].get("resumed"):  # only the part after the restart was timed: no training wall time
             timing[kind] = {**timing[kind], "train_s": None}
-        if kind not in ("lfm", "fm"):
+        if (kind, True) not in needs:
             continue
         dout = out / f"{kind}_distilled"
         if not (dout / "distill_summary.json").is_file():
@@ -153,29 +159,39 @@ def train_heads(cell: Cell, budget: Budget, data: Path, out: Path, seed: int, ex
     return {"ckpts": ckpts, "timing": timing}
 
 
+def _finished_row(path: Path, method: Method, budget: Budget) -> dict | None:
+    """The row saved at ``path`` if it is this method's and has enough episodes, else None."""
+    if not path.is_file():
+        return None
+    row = json.loads(path.read_text())
+    return row if row["row"] == method.label and row["episodes"] >= budget.eval_episodes else None
+
+
 def run_cell_seed(cell: Cell, budget: Budget, out_root: Path, rows_root: Path, seed: int,
                   args: argparse.Namespace) -> list[dict]:
     """Train, distill and evaluate every method of one cell for one training seed (resumable)."""
+    row_dir = rows_root / cell.key / f"seed{seed}"
+    plan = methods(TrainConfig.from_json(ROOT / "configs" / config_name(cell)).policy.head.chain.n_blocks)
+    finished = {i: row for i, m in enumerate(plan) if (row := _finished_row(row_dir / f"{i:02d}.json", m, budget))}
+    if len(finished) == len(plan):  # a finished cell is never recomputed (not even its demonstrations)
+        return list(finished.values())
     data = demos(cell, budget, out_root)
     out = out_root / cell.key / f"seed{seed}"
-    row_dir = rows_root / cell.key / f"seed{seed}"
-    trained = train_heads(cell, budget, data, out, seed, args.overrides)
+    needs = {(m.head, m.distilled) for i, m in enumerate(plan) if i not in finished}
+    trained = train_heads(cell, budget, data, out, seed, args.overrides, needs)
     ckpts, timing = trained["ckpts"], trained["timing"]
-    probe = Policy.load(ckpts[("lfm", False)])
-    obs = first_window(data, probe)
     modes_demo = demo_modes(data)
-    rows, evaluator = [], None
+    rows, evaluator, obs = [], None, None
     try:
-        for i, m in enumerate(methods(probe.head.chain.n_blocks)):
+        for i, m in enumerate(plan):
+            if i in finished:
+                rows.append(finished[i])
+                continue
             done = row_dir / f"{i:02d}.json"
-            if done.is_file():
-                row = json.loads(done.read_text())
-                if row["row"] == m.label and row["episodes"] >= budget.eval_episodes:
-                    rows.append(row)
-                    continue
             deadline.check()
             evaluator = evaluator or Evaluator(EvalConfig(task=cell.task, images=cell.images, n_envs=args.n_envs))
             policy = Policy.load(ckpts[(m.head, m.distilled)])
+            obs = obs if obs is not None else first_window(data, policy)
             s = evaluator.run(policy, budget.eval_episodes, seed_start=100000, solver=m.sampler).summary()
             t = timing.get(f"{m.head}_distilled" if m.distilled else m.head, {})
             row = {"suite": args.suite, "task": cell.task, "images": cell.images, "seed": seed, "row": m.label,

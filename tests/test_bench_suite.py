@@ -1,6 +1,7 @@
 """The benchmark suite end to end at a tiny budget: every method's row, the results page, plots, resume."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -62,6 +63,15 @@ def test_suite_runs_every_method_writes_the_page_and_resumes(tmp_path, tiny, cap
     rows[-1].unlink()
     suite.main(argv)
     assert rows[-1].is_file() and rows[0].stat().st_mtime_ns == stamps[rows[0]]
+    # The work directory lost (a fresh machine): a finished cell is not recomputed, not even its demos; a lost
+    # row then trains only the head it needs.
+    shutil.rmtree(out)
+    suite.main(argv)
+    assert not out.exists() or not any(out.rglob("*.zarr"))
+    rows[10].unlink()  # regression
+    suite.main(argv)
+    assert rows[10].is_file() and json.loads(rows[10].read_text())["head"] == "regression"
+    assert [p.name for p in (out / "toy_point-obstacle" / "seed0").iterdir()] == ["regression"]
     page.unlink()
     suite.main([*argv, "--report"])
     assert page.read_text().count("| regression |") >= 2
