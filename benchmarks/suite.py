@@ -220,6 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tasks", nargs="*", default=None, help="run only these tasks of the suite")
     p.add_argument("--rows", default=None, help="finished rows (default benchmarks/results/<suite>; smoke: OUT/rows)")
     p.add_argument("--results", default=None, help="results page (default docs/results.md; smoke: OUT/results.md)")
+    p.add_argument("--readme", default=None,
+                   help="README whose suite-headline block is rewritten (default README.md; none for smoke "
+                        "or with --results)")
     p.add_argument("--n-envs", type=int, default=1, help="evaluation env worker processes")
     p.add_argument("--overrides", nargs="*", default=[], help="extra key=value for every training run")
     p.add_argument("--threads", type=int, default=1)
@@ -234,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or f"outputs/suite_{args.suite}")
     rows = Path(args.rows or (out / "rows" if args.suite == "smoke" else ROOT / "benchmarks" / "results" / args.suite))
     results = Path(args.results or (out / "results.md" if args.suite == "smoke" else ROOT / "docs" / "results.md"))
+    readme = Path(args.readme) if args.readme else (
+        ROOT / "README.md" if args.suite != "smoke" and args.results is None else None)
     if not args.report:
         torch.set_num_threads(args.threads)
         unknown = set(args.tasks or ()) - {c.task for c in cells}
@@ -245,11 +250,11 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 for seed in cell.seeds:
                     run_cell_seed(cell, budget, out, rows, seed, args)
-                write_report(rows, args.suite, cells, budget, results)
+                write_report(rows, args.suite, cells, budget, results, readme)
         except PartDone:
             print(f"--max-minutes {args.max_minutes:g} reached: stopped between units of work; run the same "
                   "command again to continue", flush=True)
-    write_report(rows, args.suite, cells, budget, results)
+    write_report(rows, args.suite, cells, budget, results, readme)
     print(f"wrote {results}")
 
 

@@ -208,8 +208,67 @@ def _machine() -> str:
             f"{platform.python_version()}, torch {torch.__version__}, 1 torch thread")
 
 
-def write_report(rows_dir: Path, suite: str, cells: list[Cell], budget: Budget, results: Path) -> Path:
-    """Rewrite ``results`` (and its plots under ``<results dir>/img``) from the rows under ``rows_dir``."""
+#: The README's headline rows (the rest are on the results page).
+HEADLINE_ROWS = ("LFM ODE (midpoint×1 per block)", "LFM ×N steps (midpoint×1 per block)", "LFM distilled",
+                 "FM euler×N (LFM's NFE)", "FM euler×10", "FM distilled", "DDIM-4", "DDIM-10", "DDPM-100",
+                 "regression")  # fmt: skip
+
+
+def headline(rows: list[dict[str, Any]], cells: list[Cell], labels: list[str], suite: str, episodes: int) -> list[str]:
+    """The README's table: every headline row, mean success over the multimodal headline cells.
+
+    A cell counts with the training seeds for which every row has finished (pooled over those seeds), so
+    a partly run seed never mixes into the means.
+    """
+    done, table = [], {}
+    for c in cells:
+        if not (c.headline and c.multimodal):
+            continue
+        mine = [r for r in rows if (r["task"], r["images"]) == (c.task, c.images)]
+        full = sorted(s for s in {r["seed"] for r in mine} if {r["row"] for r in mine if r["seed"] == s} >= set(labels))
+        if full:
+            done.append(Cell(c.task, tuple(full), c.images, True))
+            table.update(aggregate([r for r in mine if r["seed"] in full]))
+    if not done:
+        return ["(no headline cell of the suite has finished yet)"]
+    seeds = "; ".join(f"{_short(c.task)} {','.join(map(str, c.seeds))}" for c in done)
+    lines = [f"Mean over {len(done)} multimodal tasks (training seeds: {seeds}); success pools each task's "
+             f"training seeds, {episodes} episodes per seed on the same episode seeds for every row.", "",
+             "| method | NFE | success (mean) | lowest – highest task | collisions per episode | "
+             "ms per chunk ÷ DDIM-10 |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for label in HEADLINE_ROWS:
+        ps = [table[(c.task, c.images)][label] for c in done if label in table[(c.task, c.images)]]
+        if len(ps) < len(done):
+            continue
+        succ = [p["success"] for p in ps]
+        ratio = statistics.median(p["latency_ms"] / table[(c.task, c.images)]["DDIM-10"]["latency_ms"]
+                                  for c, p in zip(done, ps))
+        nfes = "/".join(sorted({str(p["nfe"]) for p in ps}, key=int))
+        coll = sum(p["collisions"] for p in ps) / sum(p["n"] for p in ps)
+        lines.append(f"| {label} | {nfes} | {statistics.mean(succ):.2f} | {min(succ):.2f} – {max(succ):.2f} | "
+                     f"{coll:.2f} | {ratio:.2f} |")
+    return lines + ["", f"Measured by `python benchmarks/suite.py --suite {suite}` on {_machine()}."]
+
+
+def write_readme_headline(readme: Path, suite: str, lines: list[str]) -> bool:
+    """Replace the block between ``<!-- suite-headline:SUITE:start/end -->`` in ``readme``; False without them."""
+    start, end = f"<!-- suite-headline:{suite}:start -->", f"<!-- suite-headline:{suite}:end -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    atomic_write_text(readme, head + start + "\n" + "\n".join(lines) + "\n" + end + tail)
+    return True
+
+
+def write_report(rows_dir: Path, suite: str, cells: list[Cell], budget: Budget, results: Path,
+                 readme: Path | None = None) -> Path:
+    """Rewrite ``results`` (and its plots under ``<results dir>/img``) from the rows under ``rows_dir``.
+
+    With ``readme``, its headline table for this suite (between its suite-headline markers) is rewritten too.
+    """
     rows = load_rows(rows_dir)
     table = aggregate(rows)
     seen: dict[tuple[str, bool], Cell] = {}
@@ -272,4 +331,6 @@ def write_report(rows_dir: Path, suite: str, cells: list[Cell], budget: Budget, 
         if (c.task, c.images) in table:
             lines += _detail(c, table[(c.task, c.images)], labels)
     atomic_write_text(results, "\n".join(lines) + "\n")
+    if readme is not None:
+        write_readme_headline(readme, suite, headline(rows, uniq, labels, suite, budget.eval_episodes))
     return results

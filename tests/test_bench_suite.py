@@ -26,8 +26,10 @@ def tiny(monkeypatch):
 
 
 def test_suite_runs_every_method_writes_the_page_and_resumes(tmp_path, tiny, capsys):
-    out, page, row_dir = tmp_path / "work", tmp_path / "results.md", tmp_path / "rows"
-    argv = ["--suite", "tiny", "--out", str(out), "--results", str(page), "--rows", str(row_dir)]
+    out, page, row_dir, readme = tmp_path / "work", tmp_path / "results.md", tmp_path / "rows", tmp_path / "README.md"
+    readme.write_text("# x\n<!-- suite-headline:tiny:start -->\nold\n<!-- suite-headline:tiny:end -->\nend\n")
+    argv = ["--suite", "tiny", "--out", str(out), "--results", str(page), "--rows", str(row_dir),
+            "--readme", str(readme)]
     suite.main([*argv, "--max-minutes", "0"])  # a part whose time is up stops before the first training
     assert "--max-minutes 0 reached" in capsys.readouterr().out and not (out / "toy_point-obstacle").exists()
     suite.main(argv)
@@ -52,6 +54,11 @@ def test_suite_runs_every_method_writes_the_page_and_resumes(tmp_path, tiny, cap
     assert "| regression |" in text and "python benchmarks/suite.py --suite tiny" in text
     assert (tmp_path / "img" / "results_tiny_success_vs_cost.png").stat().st_size > 1000
     assert (tmp_path / "img" / "results_tiny_modes.png").is_file()
+    # The README's headline block is rewritten between its markers, the rest of the file kept.
+    head = readme.read_text()
+    assert head.startswith("# x\n<!-- suite-headline:tiny:start -->\nMean over 1 multimodal tasks")
+    assert head.endswith("end\n")
+    assert "old" not in head and "| regression | 1 |" in head and "| LFM ×N steps (midpoint×1 per block) | 8 |" in head
 
     # A rerun finds every training and row: nothing is trained or evaluated again.
     stamps = {f: f.stat().st_mtime_ns for f in rows}
@@ -85,6 +92,9 @@ def test_suite_plans_name_shipped_configs_and_registered_tasks():
             assert cell.task in list_tasks(), (name, cell.task)
             assert (BENCH.parent / "configs" / suite_plan.config_name(cell)).is_file()
             assert cell.family in budget.demos
+            for kind in suite.HEADS:  # every training of every suite is a valid config (validated on construction)
+                cfg = suite.train_config(cell, budget, Path("d.zarr"), Path("run"), kind, 0, [])
+                assert cfg.policy.head.kind == ("lfm" if kind == "lfm_steps" else kind)
     cpu_cells, _ = suite_plan.SUITES["cpu"]
     multimodal = {c.task for c in cpu_cells if c.multimodal}
     assert len([t for t in multimodal if not t.startswith("toy/")]) >= 4
@@ -94,3 +104,22 @@ def test_suite_plans_name_shipped_configs_and_registered_tasks():
         if c.headline:
             headline_seeds.setdefault(c.task, set()).update(c.seeds)
     assert all(len(s) >= 3 for s in headline_seeds.values())
+
+
+def test_headline_pools_only_the_seeds_every_row_finished():
+    import suite_report
+
+    def row(label, seed, k, nfe=2):
+        return {"task": "toy/point-obstacle", "images": False, "seed": seed, "row": label, "successes": k,
+                "episodes": 10, "success": k / 10, "success_modes": {"left": k}, "demo_modes": {"left": 5, "right": 5},
+                "latency_ms": 1.0, "nfe": nfe, "params": 1, "train_s": 1.0, "distill_s": None, "collisions": 10 - k}
+
+    labels = ["DDIM-10", "regression"]
+    rows = [row("DDIM-10", 0, 8), row("regression", 0, 4), row("DDIM-10", 1, 0)]  # seed 1 is part-way
+    cells = [suite_plan.Cell("toy/point-obstacle", (0, 1), headline=True)]
+    lines = suite_report.headline(rows, cells, labels, "tiny", 10)
+    assert lines[0].startswith("Mean over 1 multimodal tasks (training seeds: point-obstacle 0)")
+    assert "| DDIM-10 | 2 | 0.80 | 0.80 – 0.80 | 0.20 | 1.00 |" in lines
+    assert "| regression | 2 | 0.40 | 0.40 – 0.40 | 0.60 | 1.00 |" in lines
+    none_yet = ["(no headline cell of the suite has finished yet)"]
+    assert suite_report.headline(rows[2:], cells, labels, "tiny", 10) == none_yet
