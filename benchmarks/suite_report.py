@@ -23,10 +23,22 @@ from lfm_policy.eval.metrics import mode_coverage, wilson_interval
 
 
 def load_rows(rows_dir: Path) -> list[dict[str, Any]]:
-    """Every finished row under ``rows_dir`` (``<cell>/seed<k>/NN.json``), labels made canonical."""
+    """Every finished row under ``rows_dir`` (``<cell>/seed<k>/NN.json``), labels made canonical.
+
+    Where ``rows_dir/latency/<cell>.json`` (``suite_latency.py``: every row of the cell timed interleaved in
+    one quiet process) has the row, its time replaces the one measured during the run (kept as
+    ``latency_in_run_ms``; ``latency_quiet`` says which).
+    """
+    quiet = {}  # (task, images) -> {row label: ms} from suite_latency.py
+    for f in sorted(rows_dir.glob("latency/*.json")):
+        q = json.loads(f.read_text())
+        quiet[(q["task"], q["images"])] = q["ms"]
     rows = []
     for f in sorted(rows_dir.glob("*/seed*/*.json")):
         r = json.loads(f.read_text())
+        ms = quiet.get((r["task"], r["images"]), {}).get(r["row"])
+        r["latency_in_run_ms"], r["latency_quiet"] = r["latency_ms"], ms is not None
+        r["latency_ms"] = r["latency_ms"] if ms is None else ms
         r["row"] = canonical(r["row"])
         rows.append(r)
     return rows
@@ -201,7 +213,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _machine() -> str:
+def machine() -> str:
     import torch
 
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
@@ -248,7 +260,7 @@ def headline(rows: list[dict[str, Any]], cells: list[Cell], labels: list[str], s
         coll = sum(p["collisions"] for p in ps) / sum(p["n"] for p in ps)
         lines.append(f"| {label} | {nfes} | {statistics.mean(succ):.2f} | {min(succ):.2f} – {max(succ):.2f} | "
                      f"{coll:.2f} | {ratio:.2f} |")
-    return lines + ["", f"Measured by `python benchmarks/suite.py --suite {suite}` on {_machine()}."]
+    return lines + ["", f"Measured by `python benchmarks/suite.py --suite {suite}` on {machine()}."]
 
 
 def write_readme_headline(readme: Path, suite: str, lines: list[str]) -> bool:
@@ -302,7 +314,7 @@ def write_report(rows_dir: Path, suite: str, cells: list[Cell], budget: Budget, 
         "demonstrations collides.",
         "",
         f"Reproduce: `python benchmarks/suite.py --suite {suite}` (resumable; `--tasks T ...` runs some cells, "
-        f"`--report` rewrites this page). Machine: {_machine()}. Last row finished: "
+        f"`--report` rewrites this page). Machine: {machine()}. Last row finished: "
         f"{last.strftime('%Y-%m-%d %H:%M UTC') if last else 'none yet'}.",
         "",
         f"**Status: {complete} of {expected} (task, training seed) cells complete** ({len(rows)} rows).",
@@ -317,10 +329,19 @@ def write_report(rows_dir: Path, suite: str, cells: list[Cell], budget: Budget, 
     lines += _success_table(multi, table, labels, with_coverage=True)
     lines += ["", "## Unimodal tasks: success", ""]
     lines += _success_table(uni, table, labels, with_coverage=False)
-    lines += ["", "## Cost", "", "Latency: one action chunk at batch 1, p50 over "
-              f"{budget.latency_reps} calls after warm-up; median over finished tasks; ratio: median of per-task "
-              "ratios to DDIM-10 in the same process. Train s: wall time of one training run (mean over tasks "
-              "and seeds); the distilled rows' distill s is on top of their teacher's.", ""]
+    n_quiet = len({(r["task"], r["images"]) for r in rows if r["latency_quiet"]})
+    n_cells = len({(r["task"], r["images"]) for r in rows})
+    timing = (f"For {n_quiet} of the {n_cells} tasks the times come from `python benchmarks/suite_latency.py "
+              f"--suite {suite}`: every row of a task timed in turn in one quiet process, the median of 3 rounds of "
+              "100 calls (the networks are the suite's, with untrained weights: the samplers have fixed steps, so "
+              "time does not depend on them); the rest were timed during the run, with trainings sharing the CPU, "
+              f"p50 over {budget.latency_reps} calls. " if n_quiet else
+              f"Timed during the run (trainings share the CPU), p50 over {budget.latency_reps} calls after "
+              f"warm-up; `python benchmarks/suite_latency.py --suite {suite}` times them again in one quiet process. ")
+    lines += ["", "## Cost", "", "Latency: one action chunk at batch 1, one torch thread. " + timing +
+              "Median over finished tasks; ratio: median of per-task ratios to DDIM-10 in the same process. "
+              "Train s: wall time of one training run (mean over tasks and seeds); the distilled rows' distill s "
+              "is on top of their teacher's.", ""]
     lines += _cost_table(table, labels)
     if pngs:
         lines += ["", "## Plots", ""] + [f"![{p.stem}](img/{p.name})" for p in pngs]

@@ -11,7 +11,9 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import suite  # noqa: E402
+import suite_latency  # noqa: E402
 import suite_plan  # noqa: E402
+import suite_report  # noqa: E402
 
 from lfm_policy.train_run import RUN_CONFIG  # noqa: E402
 
@@ -82,6 +84,16 @@ def test_suite_runs_every_method_writes_the_page_and_resumes(tmp_path, tiny, cap
     page.unlink()
     suite.main([*argv, "--report"])
     assert page.read_text().count("| regression |") >= 2
+    assert "timed during the run" in page.read_text().lower()
+
+    # The quiet latency pass times every row again (interleaved) and the page then uses those times.
+    suite_latency.main(["--suite", "tiny", "--rows", str(row_dir), "--out", str(tmp_path / "lat"), "--results",
+                        str(page), "--readme", str(readme), "--reps", "2", "--rounds", "1"])
+    quiet = json.loads((row_dir / "latency" / "toy_point-obstacle.json").read_text())
+    assert list(quiet["ms"]) == labels and all(ms > 0 for ms in quiet["ms"].values())
+    assert "For 1 of the 1 tasks the times come from" in page.read_text()
+    reloaded = {r["row"]: r for r in suite_report.load_rows(row_dir)}
+    assert reloaded["DDPM-100"]["latency_quiet"] and reloaded["DDPM-100"]["latency_ms"] == quiet["ms"]["DDPM-100"]
 
 
 def test_suite_plans_name_shipped_configs_and_registered_tasks():
@@ -107,8 +119,6 @@ def test_suite_plans_name_shipped_configs_and_registered_tasks():
 
 
 def test_headline_pools_only_the_seeds_every_row_finished():
-    import suite_report
-
     def row(label, seed, k, nfe=2):
         return {"task": "toy/point-obstacle", "images": False, "seed": seed, "row": label, "successes": k,
                 "episodes": 10, "success": k / 10, "success_modes": {"left": k}, "demo_modes": {"left": 5, "right": 5},
