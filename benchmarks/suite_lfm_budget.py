@@ -9,9 +9,12 @@ per block). This trains, on the suite's own demonstrations of one cell and with 
   lfm ×2 both     both
 
 and evaluates each on the suite's episode seeds with the suite's two LFM samplers (the config's
-midpoint × 1 per block, and Euler × 10 // N per block), next to the suite's rows for that cell.
+midpoint × 1 per block, and Euler × 10 // N per block), next to the suite's rows for that cell. With
+``--distill`` each variant is also distilled the suite's way (one-step students, the suite's
+distillation steps) and its student evaluated (NFE N): does a better teacher make a better student?
 
     python benchmarks/suite_lfm_budget.py --task metaworld/reach-v3-detour   # after the suite ran the cell
+    python benchmarks/suite_lfm_budget.py --task metaworld/reach-v3-detour --variants "lfm ×2 steps" --distill
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from suite import ROOT, _complete, train_config  # noqa: E402
+from suite import ROOT, _complete, demos, train_config  # noqa: E402
 from suite_plan import SUITES, config_name  # noqa: E402
 
 from lfm_policy import Policy  # noqa: E402
+from lfm_policy.distill import setup_distillation, write_summary  # noqa: E402
 from lfm_policy.eval.rollout import EvalConfig, Evaluator  # noqa: E402
 from lfm_policy.flow import SolverConfig  # noqa: E402
 from lfm_policy.train import TrainConfig, train  # noqa: E402
@@ -44,13 +48,14 @@ def main() -> None:
     p.add_argument("--task", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="work directory (default outputs/suite_<suite>)")
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--distill", action="store_true", help="also distill each variant and evaluate its student")
     args = p.parse_args()
     torch.set_num_threads(1)
     cells, budget = SUITES[args.suite]
     cell = next(c for c in cells if c.task == args.task)
     out = Path(args.out or f"outputs/suite_{args.suite}")
-    data = out / "data" / f"{cell.key}.zarr"
+    data = demos(cell, budget, out)  # the suite's demonstrations of the cell (collected if missing)
     base = TrainConfig.from_json(ROOT / "configs" / config_name(cell))
     n = base.policy.head.chain.n_blocks
     steps = budget.steps.get(cell.family) or base.total_steps
@@ -59,6 +64,9 @@ def main() -> None:
     samplers = {"midpoint×1 per block": None, f"euler×{10 // n} per block": SolverConfig("euler", steps=10 // n)}
     with Evaluator(EvalConfig(task=cell.task, n_envs=1)) as ev:
         for name in args.variants:
+            keys = [*(f"{name}, {label}" for label in samplers), *([f"{name}, distilled"] if args.distill else [])]
+            if all(k in record for k in keys):  # measured before: nothing to train
+                continue
             extra = [f"total_steps={steps * n}" if o == "STEPS" else o for o in VARIANTS[name]]
             run = out / cell.key / f"seed{args.seed}" / "lfm_budget" / name.replace(" ", "_").replace("×", "x")
             cfg = train_config(cell, budget, data, run, "lfm", args.seed, extra)
@@ -66,15 +74,26 @@ def main() -> None:
             if not _complete(run):
                 train(cfg, progress=False, overwrite=True)
             train_s = time.perf_counter() - t0
-            policy = Policy.load(run / "checkpoints" / "latest")
-            for label, solver in samplers.items():
+            teacher = Policy.load(run / "checkpoints" / "latest")
+            policies = {label: (teacher, solver) for label, solver in samplers.items()}
+            distill_s = None
+            if args.distill and f"{name}, distilled" not in record:
+                dout = run.with_name(run.name + "_distilled")
+                t0 = time.perf_counter()
+                if not (dout / "distill_summary.json").is_file():
+                    dcfg = setup_distillation(run / "checkpoints" / "latest", dout, steps=budget.distill_steps)
+                    write_summary(Policy.load(train(dcfg, progress=False, overwrite=True)), dcfg)
+                policies["distilled"] = (Policy.load(dout / "checkpoints" / "latest"), None)
+                distill_s = time.perf_counter() - t0
+            for label, (policy, solver) in policies.items():
                 key = f"{name}, {label}"
                 if key in record:
                     continue
                 s = ev.run(policy, budget.eval_episodes, seed_start=100000, solver=solver).summary()
                 record[key] = {"successes": s["n_success"], "episodes": s["n_episodes"],
                                "collisions": s["n_collisions"], "nfe": policy.nfe(solver),
-                               "params": policy.num_trained_params(), "overrides": extra, "train_s": train_s}
+                               "params": policy.num_trained_params(), "overrides": extra, "train_s": train_s,
+                               **({"distill_s": distill_s} if label == "distilled" else {})}
                 print(f"{key:<44} {s['n_success']}/{s['n_episodes']} collisions {s['n_collisions']}", flush=True)
                 results.parent.mkdir(parents=True, exist_ok=True)
                 results.write_text(json.dumps(record, indent=2))
