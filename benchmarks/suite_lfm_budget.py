@@ -12,9 +12,13 @@ and evaluates each on the suite's episode seeds with the suite's two LFM sampler
 midpoint × 1 per block, and Euler × 10 // N per block), next to the suite's rows for that cell. With
 ``--distill`` each variant is also distilled the suite's way (one-step students, the suite's
 distillation steps) and its student evaluated (NFE N): does a better teacher make a better student?
+``--students`` adds distillations that differ from the suite's in one setting each (see ``STUDENTS``):
+is it the student's training that loses the teacher's modes?
 
     python benchmarks/suite_lfm_budget.py --task metaworld/reach-v3-detour   # after the suite ran the cell
     python benchmarks/suite_lfm_budget.py --task metaworld/reach-v3-detour --variants "lfm ×2 steps" --distill
+    python benchmarks/suite_lfm_budget.py --task metaworld/button-press-topdown-v3-detour \
+        --variants "lfm ×2 steps" --distill --students suite "×3 distill steps" teacher_path "euler×2 per block"
 """
 
 from __future__ import annotations
@@ -38,8 +42,21 @@ from lfm_policy.eval.rollout import EvalConfig, Evaluator  # noqa: E402
 from lfm_policy.flow import SolverConfig  # noqa: E402
 from lfm_policy.train import TrainConfig, train  # noqa: E402
 
-VARIANTS = {"lfm ×2 params": ["policy.head.equal_total_params=false"], "lfm ×2 steps": ["STEPS"],
+VARIANTS = {"lfm (suite)": [], "lfm ×2 params": ["policy.head.equal_total_params=false"], "lfm ×2 steps": ["STEPS"],
             "lfm ×2 both": ["policy.head.equal_total_params=false", "STEPS"]}
+# Distillations: keyword arguments of ``setup_distillation`` on top of the suite's (``steps`` as a multiple).
+STUDENTS = {"suite": {}, "×3 distill steps": {"steps": 3}, "teacher_path": {"inputs": "teacher_path"},
+            "euler×2 per block": {"block_steps": 2}}
+
+
+def student_key(variant: str, student: str) -> str:
+    """Record key of a variant's distilled student (the suite's way keeps the original key)."""
+    return f"{variant}, distilled" + ("" if student == "suite" else f" ({student})")
+
+
+def safe(name: str) -> str:
+    """A variant's name as a directory name."""
+    return name.replace(" ", "_").replace("×", "x").replace("(", "").replace(")", "")
 
 
 def main() -> None:
@@ -48,8 +65,11 @@ def main() -> None:
     p.add_argument("--task", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="work directory (default outputs/suite_<suite>)")
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="*", default=[v for v in VARIANTS if v != "lfm (suite)"],
+                   choices=list(VARIANTS))
     p.add_argument("--distill", action="store_true", help="also distill each variant and evaluate its student")
+    p.add_argument("--students", nargs="*", default=["suite"], choices=list(STUDENTS),
+                   help="with --distill: which distillations of each variant (default the suite's)")
     args = p.parse_args()
     torch.set_num_threads(1)
     cells, budget = SUITES[args.suite]
@@ -64,11 +84,12 @@ def main() -> None:
     samplers = {"midpoint×1 per block": None, f"euler×{10 // n} per block": SolverConfig("euler", steps=10 // n)}
     with Evaluator(EvalConfig(task=cell.task, n_envs=1)) as ev:
         for name in args.variants:
-            keys = [*(f"{name}, {label}" for label in samplers), *([f"{name}, distilled"] if args.distill else [])]
+            students = args.students if args.distill else []
+            keys = [*(f"{name}, {label}" for label in samplers), *(student_key(name, st) for st in students)]
             if all(k in record for k in keys):  # measured before: nothing to train
                 continue
             extra = [f"total_steps={steps * n}" if o == "STEPS" else o for o in VARIANTS[name]]
-            run = out / cell.key / f"seed{args.seed}" / "lfm_budget" / name.replace(" ", "_").replace("×", "x")
+            run = out / cell.key / f"seed{args.seed}" / "lfm_budget" / safe(name)
             cfg = train_config(cell, budget, data, run, "lfm", args.seed, extra)
             t0 = time.perf_counter()
             if not _complete(run):
@@ -76,15 +97,20 @@ def main() -> None:
             train_s = time.perf_counter() - t0
             teacher = Policy.load(run / "checkpoints" / "latest")
             policies = {label: (teacher, solver) for label, solver in samplers.items()}
-            distill_s = None
-            if args.distill and f"{name}, distilled" not in record:
-                dout = run.with_name(run.name + "_distilled")
+            distill_s = {}
+            for st in students:
+                label = student_key(name, st).split(", ", 1)[1]
+                if f"{name}, {label}" in record:
+                    continue
+                kw = dict(STUDENTS[st])
+                kw["steps"] = budget.distill_steps * kw.get("steps", 1)
+                dout = run.with_name(run.name + "_distilled" + ("" if st == "suite" else "_" + safe(st)))
                 t0 = time.perf_counter()
                 if not (dout / "distill_summary.json").is_file():
-                    dcfg = setup_distillation(run / "checkpoints" / "latest", dout, steps=budget.distill_steps)
+                    dcfg = setup_distillation(run / "checkpoints" / "latest", dout, **kw)
                     write_summary(Policy.load(train(dcfg, progress=False, overwrite=True)), dcfg)
-                policies["distilled"] = (Policy.load(dout / "checkpoints" / "latest"), None)
-                distill_s = time.perf_counter() - t0
+                policies[label] = (Policy.load(dout / "checkpoints" / "latest"), None)
+                distill_s[label] = time.perf_counter() - t0
             for label, (policy, solver) in policies.items():
                 key = f"{name}, {label}"
                 if key in record:
@@ -93,7 +119,7 @@ def main() -> None:
                 record[key] = {"successes": s["n_success"], "episodes": s["n_episodes"],
                                "collisions": s["n_collisions"], "nfe": policy.nfe(solver),
                                "params": policy.num_trained_params(), "overrides": extra, "train_s": train_s,
-                               **({"distill_s": distill_s} if label == "distilled" else {})}
+                               **({"distill_s": distill_s[label]} if label in distill_s else {})}
                 print(f"{key:<44} {s['n_success']}/{s['n_episodes']} collisions {s['n_collisions']}", flush=True)
                 results.parent.mkdir(parents=True, exist_ok=True)
                 results.write_text(json.dumps(record, indent=2))

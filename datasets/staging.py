@@ -14,6 +14,7 @@ it alive after its parent's death; the descriptors are therefore closed in forke
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import logging
@@ -121,15 +122,40 @@ def make_locked(staging: Path) -> DirLock:
     if lock is None:  # nobody else knows this name
         raise LfmPolicyError(f"{init}: could not lock a new staging directory")
     try:
-        if staging.exists():
-            raise FileExistsError(f"{staging}: staging directory already exists")
-        os.rename(init, staging)
+        _rename_noreplace(init, staging)
     except BaseException:
         lock.release()
         shutil.rmtree(init, ignore_errors=True)
         raise
     lock.path = staging
     return lock
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename directory ``src`` to ``dst``, failing if ``dst`` exists (two creators never share one).
+
+    A plain :func:`os.rename` silently replaces an *empty* directory, so two processes creating the
+    same staging path at once could both "win" and write into one directory. Linux's ``renameat2``
+    with ``RENAME_NOREPLACE`` makes the check and the rename one step; where it is missing (other
+    systems, old kernels or file systems) this falls back to a check, then :func:`os.rename`.
+
+    Raises:
+        FileExistsError: ``dst`` exists.
+
+    """
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is not None:
+        at_fdcwd, rename_noreplace = -100, 1
+        if renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), rename_noreplace) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(errno.EEXIST, f"{dst}: staging directory already exists", str(dst))
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), str(dst))
+    if dst.exists():
+        raise FileExistsError(errno.EEXIST, f"{dst}: staging directory already exists", str(dst))
+    os.rename(src, dst)
 
 
 def is_locked(staging: Path) -> bool:

@@ -77,7 +77,10 @@ def open_staging(out: Path, cfg: Any, *, fmt: str, overwrite: bool, resume: bool
         _restore(buf, cfg, state)
         return buf, state
     attrs = {"task": cfg.task, "collect_config": _settings(cfg), "collect_format": fmt}
-    return ReplayBuffer.create(out, attrs=attrs, overwrite=overwrite, atomic=True, staging=staging), state
+    try:
+        return ReplayBuffer.create(out, attrs=attrs, overwrite=overwrite, atomic=True, staging=staging), state
+    except FileExistsError as e:  # another collection created the staging folder since the checks above
+        raise LfmPolicyError(f"another lfm-policy collect is writing {out} (its folder {staging} is in use)") from e
 
 
 def _remove_stale_exports(out: Path) -> None:

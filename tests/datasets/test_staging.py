@@ -94,3 +94,35 @@ def test_staging_api_errors_and_discard(tmp_path):
         buf.add_episode(small_episode(2), episode_attrs={"seed": 2})
     _assert_small_episodes(ReplayBuffer.open(path), 3)
     assert not left.exists()
+
+
+def _race_make_locked(args):
+    """Worker: wait for the other process, then try to create each staging directory."""
+    import time
+
+    from lfm_policy.datasets import staging as staging_dirs
+
+    root, names, start = args
+    while time.time() < start:  # both processes leave this loop at the same instant
+        pass
+    won, locks = [], []
+    for name in names:
+        try:
+            locks.append(staging_dirs.make_locked(root / name))
+            won.append(name)
+        except FileExistsError:
+            pass
+    return won
+
+
+def test_two_processes_creating_one_staging_directory_never_both_win(tmp_path):
+    """A plain rename replaces an empty directory: both creators would think the directory is theirs."""
+    import multiprocessing
+    import time
+
+    names = [f"s{i}.collect.tmp" for i in range(200)]
+    start = time.time() + 0.5
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        a, b = pool.map(_race_make_locked, [(tmp_path, names, start)] * 2)
+    assert not set(a) & set(b)  # a name is created by one process only
+    assert sorted(a + b) == sorted(names)  # and by one of them always
