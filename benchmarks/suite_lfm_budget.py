@@ -7,6 +7,8 @@ per block). This trains, on the suite's own demonstrations of one cell and with 
   lfm ×2 params   ``policy.head.equal_total_params=false``: every block as wide as FM's network
   lfm ×2 steps    ``total_steps`` × N: every block trains as many steps as FM's network
   lfm ×2 both     both
+  lfm steps 1:3   the suite's steps, split 1 : 3 between the first block and the free last one
+  lfm steps 3:1   split 3 : 1
 
 and evaluates each on the suite's episode seeds with the suite's two LFM samplers (the config's
 midpoint × 1 per block, and Euler × 10 // N per block), next to the suite's rows for that cell. With
@@ -42,7 +44,8 @@ from lfm_policy.eval.rollout import EvalConfig, Evaluator  # noqa: E402
 from lfm_policy.flow import SolverConfig  # noqa: E402
 from lfm_policy.train import TrainConfig, train  # noqa: E402
 
-VARIANTS = {"lfm (suite)": [], "lfm ×2 params": ["policy.head.equal_total_params=false"], "lfm ×2 steps": ["STEPS"],
+VARIANTS = {"lfm (suite)": [], "lfm steps 1:3": ["SPLIT 1 3"], "lfm steps 3:1": ["SPLIT 3 1"],
+            "lfm ×2 params": ["policy.head.equal_total_params=false"], "lfm ×2 steps": ["STEPS"],
             "lfm ×2 both": ["policy.head.equal_total_params=false", "STEPS"]}
 # Distillations: keyword arguments of ``setup_distillation`` on top of the suite's (``steps`` as a multiple).
 STUDENTS = {"suite": {}, "×3 distill steps": {"steps": 3}, "teacher_path": {"inputs": "teacher_path"},
@@ -54,9 +57,23 @@ def student_key(variant: str, student: str) -> str:
     return f"{variant}, distilled" + ("" if student == "suite" else f" ({student})")
 
 
+def override(option: str, steps: int, n: int) -> str:
+    """A variant's option as a config override (``STEPS``: N × the steps; ``SPLIT a b``: the suite's steps
+    split a : b between the first block and the free last one, for a 2-block chain)."""
+    if option == "STEPS":
+        return f"total_steps={steps * n}"
+    if option.startswith("SPLIT"):
+        a, b = (int(x) for x in option.split()[1:])
+        if n != 2:
+            raise SystemExit(f"{option}: the split variants are for 2-block chains (this config has {n})")
+        first = steps * a // (a + b)
+        return f"stage_steps=[{first},{steps - first}]"
+    return option
+
+
 def safe(name: str) -> str:
     """A variant's name as a directory name."""
-    return name.replace(" ", "_").replace("×", "x").replace("(", "").replace(")", "")
+    return name.replace(" ", "_").replace("×", "x").replace(":", "-").replace("(", "").replace(")", "")
 
 
 def main() -> None:
@@ -65,7 +82,7 @@ def main() -> None:
     p.add_argument("--task", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="work directory (default outputs/suite_<suite>)")
-    p.add_argument("--variants", nargs="*", default=[v for v in VARIANTS if v != "lfm (suite)"],
+    p.add_argument("--variants", nargs="*", default=["lfm ×2 params", "lfm ×2 steps", "lfm ×2 both"],
                    choices=list(VARIANTS))
     p.add_argument("--distill", action="store_true", help="also distill each variant and evaluate its student")
     p.add_argument("--students", nargs="*", default=["suite"], choices=list(STUDENTS),
@@ -88,7 +105,7 @@ def main() -> None:
             keys = [*(f"{name}, {label}" for label in samplers), *(student_key(name, st) for st in students)]
             if all(k in record for k in keys):  # measured before: nothing to train
                 continue
-            extra = [f"total_steps={steps * n}" if o == "STEPS" else o for o in VARIANTS[name]]
+            extra = [override(o, steps, n) for o in VARIANTS[name]]
             run = out / cell.key / f"seed{args.seed}" / "lfm_budget" / safe(name)
             cfg = train_config(cell, budget, data, run, "lfm", args.seed, extra)
             t0 = time.perf_counter()
