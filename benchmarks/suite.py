@@ -23,6 +23,7 @@ column (``keepout``), which changes where the hand may go.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -44,10 +45,14 @@ from lfm_policy.envs.registry import DETOUR_TASKS  # noqa: E402
 from lfm_policy.eval.metrics import mode_coverage  # noqa: E402
 from lfm_policy.eval.rollout import EvalConfig, Evaluator  # noqa: E402
 from lfm_policy.train import TrainConfig, train  # noqa: E402
+from lfm_policy.train_run import RUN_CONFIG  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Trainings per cell and seed: the four heads, then LFM with N × the steps (``lfm_steps``).
-HEADS = ("lfm", "fm", "diffusion", "regression", "lfm_steps")
+#: Trainings per cell and seed: the four heads, then LFM with N × the steps (``lfm_steps``) and LFM whose
+#: free block trains 3 × the steps of each other block (``lfm_free``, same total).
+HEADS = ("lfm", "fm", "diffusion", "regression", "lfm_steps", "lfm_free")
+#: ``lfm_free``: the free block's steps relative to each other block's.
+FREE_WEIGHT = 3
 
 
 def demos(cell: Cell, budget: Budget, out: Path) -> Path:
@@ -67,25 +72,66 @@ def demo_modes(data: Path) -> dict[str, int]:
     return dict(zarr.open_group(str(data), mode="r").attrs.get("modes", {}))
 
 
-def train_config(cell: Cell, budget: Budget, data: Path, run: Path, kind: str, seed: int,
-                 extra: list[str]) -> TrainConfig:
-    """The shipped config with this cell's data, head, seed and budget (``lfm_steps``: LFM, N × the steps)."""
+def train_overrides(cell: Cell, budget: Budget, kind: str, seed: int, extra: list[str]) -> list[str]:
+    """The overrides of the shipped config for one training of the cell, without its paths (``lfm_steps``:
+    LFM, N × the steps; ``lfm_free``: LFM, the free block :data:`FREE_WEIGHT` × each other block's steps)."""
     base = TrainConfig.from_json(ROOT / "configs" / config_name(cell))
-    head = "lfm" if kind == "lfm_steps" else kind
-    over = [f"data.path={data}", f"out_dir={run}", f"policy.head.kind={head}", f"seed={seed}"]
+    head = "lfm" if kind in ("lfm_steps", "lfm_free") else kind
+    over = [f"policy.head.kind={head}", f"seed={seed}"]
     steps = budget.steps.get(cell.family) or base.total_steps
+    n = base.policy.head.chain.n_blocks
     if kind == "lfm_steps":  # every block trains as many steps as the other heads' one network
-        steps *= base.policy.head.chain.n_blocks
+        steps *= n
+    if kind == "lfm_free":  # shares (1, ..., 1, FREE_WEIGHT) / (N - 1 + FREE_WEIGHT), free block last
+        over.append("policy.head.block_steps=" + json.dumps([*[1 / (n - 1 + FREE_WEIGHT)] * (n - 1),
+                                                             FREE_WEIGHT / (n - 1 + FREE_WEIGHT)]))
     if steps != base.total_steps:
         over.append(f"total_steps={steps}")
     if cell.task in DETOUR_TASKS:
         over.append("data.obs_keys=" + json.dumps([*base.data.obs_keys, "keepout"]))
-    return base.with_overrides([*over, *budget.overrides, *extra])
+    return [*over, *budget.overrides, *extra]
+
+
+def train_config(cell: Cell, budget: Budget, data: Path, run: Path, kind: str, seed: int,
+                 extra: list[str]) -> TrainConfig:
+    """The shipped config with this cell's data, head, seed and budget (see :func:`train_overrides`)."""
+    base = TrainConfig.from_json(ROOT / "configs" / config_name(cell))
+    over = train_overrides(cell, budget, kind, seed, extra)
+    return base.with_overrides([f"data.path={data}", f"out_dir={run}", *over])
+
+
+def row_sha(cell: Cell, budget: Budget, kind: str, seed: int, extra: list[str], distilled: bool) -> str:
+    """What a row is made from: the shipped config file as written (less its ``about`` text), the suite's
+    overrides of it for the row's training, the number of demonstrations and, for a student, its
+    distillation steps per block.
+
+    A shipped config, budget or plan that changes after a row was measured changes this hash, so the suite
+    measures the row again instead of mixing two configs in one table (fields added to the config classes
+    with defaults do not change it).
+    """
+    shipped = json.loads((ROOT / "configs" / config_name(cell)).read_text())
+    shipped.pop("about", None)
+    d = {"config": shipped, "overrides": train_overrides(cell, budget, kind, seed, extra),
+         "demos": budget.demos[cell.family], "distill_steps": budget.distill_steps if distilled else None}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _complete(run: Path) -> bool:
     status = run / "status.json"
     return status.is_file() and json.loads(status.read_text()).get("state") == "complete"
+
+
+def _without_paths(config: TrainConfig) -> dict:
+    d = config.to_dict()
+    d.pop("out_dir")
+    d["data"].pop("path")
+    return d
+
+
+def _trained_with(run: Path, config: TrainConfig) -> bool:
+    """Whether ``run`` finished training ``config`` (its saved config equal but for the paths)."""
+    saved = run / RUN_CONFIG
+    return _complete(run) and saved.is_file() and _without_paths(TrainConfig.from_json(saved)) == _without_paths(config)
 
 
 class Deadline:
@@ -126,7 +172,8 @@ def train_heads(cell: Cell, budget: Budget, data: Path, out: Path, seed: int, ex
                 needs: set[tuple[str, bool]]) -> dict:
     """Train (or find) the heads and students in ``needs`` ((head, distilled) pairs); return checkpoints and wall times.
 
-    A student needs its teacher, so ``("lfm", True)`` trains (or finds) ``lfm`` too.
+    A student needs its teacher, so ``("lfm", True)`` trains (or finds) ``lfm`` too. A finished training
+    of another config (the shipped config changed since) is trained again, and so are its students.
     """
     ckpts, timing = {}, {}
     for kind in HEADS:
@@ -134,10 +181,12 @@ def train_heads(cell: Cell, budget: Budget, data: Path, out: Path, seed: int, ex
             continue
         run = out / kind
         timing_file = run / "suite_timing.json"
-        if not _complete(run):
+        config = train_config(cell, budget, data, run, kind, seed, extra)
+        sha = row_sha(cell, budget, kind, seed, extra, False)
+        if not _trained_with(run, config):
             deadline.check()
             t0 = time.perf_counter()
-            resumed = _train_or_resume(train_config(cell, budget, data, run, kind, seed, extra))
+            resumed = _train_or_resume(config)
             atomic_write_text(timing_file, json.dumps({"train_s": time.perf_counter() - t0, "resumed": resumed}))
         ckpts[(kind, False)] = run / "checkpoints" / "latest"
         timing[kind] = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
@@ -146,25 +195,28 @@ def train_heads(cell: Cell, budget: Budget, data: Path, out: Path, seed: int, ex
         if (kind, True) not in needs:
             continue
         dout = out / f"{kind}_distilled"
-        if not (dout / "distill_summary.json").is_file():
+        student_timing = dout / "suite_timing.json"
+        teacher_of = json.loads(student_timing.read_text()).get("teacher_sha") if student_timing.is_file() else None
+        if not (dout / "distill_summary.json").is_file() or teacher_of != sha:
             deadline.check()
             t0 = time.perf_counter()
             dcfg = setup_distillation(ckpts[(kind, False)], dout, steps=budget.distill_steps)
             write_summary(Policy.load(train(dcfg, progress=False, overwrite=True)), dcfg)
-            atomic_write_text(dout / "suite_timing.json", json.dumps({"distill_s": time.perf_counter() - t0}))
+            atomic_write_text(student_timing, json.dumps({"distill_s": time.perf_counter() - t0, "teacher_sha": sha}))
         ckpts[(kind, True)] = dout / "checkpoints" / "latest"
         summary = json.loads((dout / "distill_summary.json").read_text())
-        timing[f"{kind}_distilled"] = {**json.loads((dout / "suite_timing.json").read_text()),
+        timing[f"{kind}_distilled"] = {**json.loads(student_timing.read_text()),
                                        "chunk_rms_vs_teacher": summary.get("chunk_rms_distilled")}
     return {"ckpts": ckpts, "timing": timing}
 
 
-def _finished_row(path: Path, method: Method, budget: Budget) -> dict | None:
-    """The row saved at ``path`` if it is this method's and has enough episodes, else None."""
+def _finished_row(path: Path, method: Method, budget: Budget, sha: str) -> dict | None:
+    """The row saved at ``path`` if it is this method's, made from config ``sha`` and has enough episodes."""
     if not path.is_file():
         return None
     row = json.loads(path.read_text())
-    return row if row["row"] == method.label and row["episodes"] >= budget.eval_episodes else None
+    ok = row["row"] == method.label and row.get("config_sha") == sha and row["episodes"] >= budget.eval_episodes
+    return row if ok else None
 
 
 def run_cell_seed(cell: Cell, budget: Budget, out_root: Path, rows_root: Path, seed: int,
@@ -172,7 +224,9 @@ def run_cell_seed(cell: Cell, budget: Budget, out_root: Path, rows_root: Path, s
     """Train, distill and evaluate every method of one cell for one training seed (resumable)."""
     row_dir = rows_root / cell.key / f"seed{seed}"
     plan = methods(TrainConfig.from_json(ROOT / "configs" / config_name(cell)).policy.head.chain.n_blocks)
-    finished = {i: row for i, m in enumerate(plan) if (row := _finished_row(row_dir / f"{i:02d}.json", m, budget))}
+    shas = [row_sha(cell, budget, m.head, seed, args.overrides, m.distilled) for m in plan]
+    finished = {i: row for i, m in enumerate(plan)
+                if (row := _finished_row(row_dir / f"{i:02d}.json", m, budget, shas[i]))}
     if len(finished) == len(plan):  # a finished cell is never recomputed (not even its demonstrations)
         return list(finished.values())
     data = demos(cell, budget, out_root)
@@ -202,7 +256,7 @@ def run_cell_seed(cell: Cell, budget: Budget, out_root: Path, rows_root: Path, s
                    "latency_ms": latency_ms(policy, obs, m.sampler, budget.latency_reps),
                    "train_s": timing.get(m.head, {}).get("train_s"), "distill_s": t.get("distill_s"),
                    "chunk_rms_vs_teacher": t.get("chunk_rms_vs_teacher"), "eval_s": s["wall_s"],
-                   "mean_length": s["mean_length"], "collisions": s["n_collisions"]}  # fmt: skip
+                   "mean_length": s["mean_length"], "collisions": s["n_collisions"], "config_sha": shas[i]}  # fmt: skip
             atomic_write_text(done, json.dumps(row, indent=2))
             rows.append(row)
             print(f"{cell.task} seed {seed} {m.label:<32} NFE={row['nfe']:<4} success={row['success']:.2f} "

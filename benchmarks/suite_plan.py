@@ -43,7 +43,8 @@ def methods(n_blocks: int) -> list[Method]:
 
     FM euler×N runs at the distilled LFM chain's NFE (N = its number of blocks); LFM euler×(10 // N)
     per block runs at (at most) the NFE of FM euler×10 and DDIM-10, so both flows meet at NFE N and 10.
-    ``lfm_steps`` is the LFM head trained with N × the config's steps (see ``suite.train_config``).
+    ``lfm_steps`` is the LFM head trained with N × the config's steps, ``lfm_free`` the LFM head whose
+    free block trains 3 × the steps of each other block (same total; see ``suite.train_config``).
     """
     per_block = 10 // n_blocks
     return [
@@ -63,6 +64,11 @@ def methods(n_blocks: int) -> list[Method]:
         Method("LFM ×N steps (midpoint×1 per block)", "lfm_steps"),
         Method(f"LFM ×N steps, euler×{per_block} per block", "lfm_steps",
                sampler=SolverConfig(method="euler", steps=per_block)),
+        # LFM with the config's steps, the free block training 3 × as many as each other block
+        # (``head.block_steps``; 2 blocks: 1/4 + 3/4). Last, so earlier rows keep their files.
+        Method("LFM free×3 steps (midpoint×1 per block)", "lfm_free"),
+        Method(f"LFM free×3 steps, euler×{per_block} per block", "lfm_free",
+               sampler=SolverConfig(method="euler", steps=per_block)),
     ]
 
 
@@ -72,6 +78,8 @@ def canonical(label: str) -> str:
         return "LFM euler×10/N per block (NFE ≤ 10)"
     if label.startswith("LFM ×N steps, euler×"):
         return "LFM ×N steps, euler×10/N per block (NFE ≤ 10)"
+    if label.startswith("LFM free×3 steps, euler×"):
+        return "LFM free×3 steps, euler×10/N per block (NFE ≤ 10)"
     return "FM euler×N (LFM's NFE)" if label.startswith("FM euler×") and label != "FM euler×10" else label
 
 

@@ -209,6 +209,18 @@ class Policy(nn.Module):
         return self.head.n_stages + self._offset
 
     @property
+    def stage_shares(self) -> list[float] | None:
+        """Each stage's share of ``total_steps`` (``head.block_steps`` for a training LFM head; None: equal).
+
+        An ``fm_first`` encoder stage keeps its equal share 1/n_stages; the blocks split the rest.
+        """
+        shares = self.config.head.block_steps
+        if shares is None or self.config.head.kind != "lfm" or self.config.head.distill is not None:
+            return None
+        rest = len(shares) / self.n_stages  # the blocks' part of the steps
+        return [1 / self.n_stages] * self._offset + [f * rest for f in shares]
+
+    @property
     def _offset(self) -> int:
         """1 while an ``fm_first`` encoder stage precedes the head's stages (not when distilling)."""
         return int(self.encoder_head is not None and self.config.head.distill is None)

@@ -133,7 +133,7 @@ class Trainer:
             init_weights(self.policy, config.init_from, map_location=str(self.device))
         if config.init_encoder_from and not resume:
             init_encoder(self.policy, config.init_encoder_from, map_location=str(self.device))
-        self.stage_steps = config.steps_for(self.policy.n_stages)
+        self.stage_steps = config.steps_for(self.policy.n_stages, self.policy.stage_shares)
         self.progress = {"stage": 0, "stage_step": 0, "global_step": 0, "epoch": 0, "stage_started": False,
                          "best": []}
         self._pending_train_state: Path | None = None  # optimizer state to restore when the stage starts

@@ -127,10 +127,22 @@ class TrainConfig(Config):
               "policy.encoder_training", "'frozen' needs init_encoder_from (or init_from): a frozen random "
               "encoder is never what you want")
 
-    def steps_for(self, n_stages: int) -> list[int]:
-        """Steps of each stage."""
+    def steps_for(self, n_stages: int, shares: list[float] | None = None) -> list[int]:
+        """Steps of each stage: ``stage_steps`` if set, else ``total_steps`` split by ``shares`` (default equally).
+
+        Args:
+            n_stages: Training stages of the policy.
+            shares: Each stage's share of ``total_steps`` (summing to 1; ``Policy.stage_shares``);
+                rounding puts the remainder on the last stage.
+
+        """
         if self.stage_steps is not None:
             if len(self.stage_steps) != n_stages:
                 raise LfmPolicyError(f"stage_steps has {len(self.stage_steps)} entries for {n_stages} stages")
             return list(self.stage_steps)
-        return [max(1, self.total_steps // n_stages)] * n_stages
+        if shares is None:
+            return [max(1, self.total_steps // n_stages)] * n_stages
+        if len(shares) != n_stages:
+            raise LfmPolicyError(f"{len(shares)} step shares for {n_stages} stages")
+        steps = [max(1, round(self.total_steps * f)) for f in shares[:-1]]
+        return [*steps, max(1, self.total_steps - sum(steps))]

@@ -27,7 +27,7 @@ def tiny(monkeypatch):
     return budget
 
 
-def test_suite_runs_every_method_writes_the_page_and_resumes(tmp_path, tiny, capsys):
+def test_suite_runs_every_method_writes_the_page_and_resumes(tmp_path, tiny, capsys, monkeypatch):
     out, page, row_dir, readme = tmp_path / "work", tmp_path / "results.md", tmp_path / "rows", tmp_path / "README.md"
     readme.write_text("# x\n<!-- suite-headline:tiny:start -->\nold\n<!-- suite-headline:tiny:end -->\nend\n")
     argv = ["--suite", "tiny", "--out", str(out), "--results", str(page), "--rows", str(row_dir),
@@ -47,9 +47,17 @@ def test_suite_runs_every_method_writes_the_page_and_resumes(tmp_path, tiny, cap
     distilled = json.loads(rows[2].read_text())
     assert distilled["distilled"] and distilled["nfe"] == 4 and distilled["distill_s"] > 0
     text = page.read_text()
-    assert "**Status: 1 of 1 (task, training seed) cells complete** (13 rows)" in text
-    more_steps = json.loads(rows[-1].read_text())
+    assert "**Status: 1 of 1 (task, training seed) cells complete** (15 rows)" in text
+    more_steps = json.loads(rows[-3].read_text())
     assert more_steps["head"] == "lfm_steps" and more_steps["train_s"] > 0 and more_steps["nfe"] == 8
+    free = json.loads((out / "toy_point-obstacle" / "seed0" / "lfm_free" / RUN_CONFIG).read_text())
+    assert free["total_steps"] == 40 and free["policy"]["head"]["block_steps"] == [1 / 6, 1 / 6, 1 / 6, 1 / 2]
+    assert json.loads(rows[-1].read_text())["head"] == "lfm_free"
+    # Every row records what it was made from; a student records its teacher's.
+    lfm_sha = suite.row_sha(suite_plan.SUITES["tiny"][0][0], tiny, "lfm", 0, [], False)
+    assert first["config_sha"] == lfm_sha and distilled["config_sha"] not in (None, lfm_sha)
+    student = json.loads((out / "toy_point-obstacle" / "seed0" / "lfm_distilled" / "suite_timing.json").read_text())
+    assert student["teacher_sha"] == lfm_sha
     saved = json.loads((out / "toy_point-obstacle" / "seed0" / "lfm_steps" / RUN_CONFIG).read_text())
     assert saved["total_steps"] == 4 * 40 and saved["policy"]["head"]["kind"] == "lfm"  # 4 blocks × 40 steps
     assert "| LFM euler×10/N per block (NFE ≤ 10) |" in text
@@ -81,6 +89,19 @@ def test_suite_runs_every_method_writes_the_page_and_resumes(tmp_path, tiny, cap
     suite.main(argv)
     assert rows[10].is_file() and json.loads(rows[10].read_text())["head"] == "regression"
     assert [p.name for p in (out / "toy_point-obstacle" / "seed0").iterdir()] == ["regression"]
+    # The shipped config changed since (here: regression's learning rate): its row is measured again from a
+    # new training, the other rows are kept.
+    before, reg_status = json.loads(rows[10].read_text()), out / "toy_point-obstacle" / "seed0" / "regression"
+    reg_stamp = (reg_status / "status.json").stat().st_mtime_ns
+    shipped = suite.train_overrides
+    monkeypatch.setattr(suite, "train_overrides", lambda cell, budget, kind, seed, extra: shipped(
+        cell, budget, kind, seed, [*extra, *(["optim.lr=0.002"] if kind == "regression" else [])]))
+    suite.main(argv)
+    after = json.loads(rows[10].read_text())
+    assert after["config_sha"] != before["config_sha"] and (reg_status / "status.json").stat().st_mtime_ns != reg_stamp
+    assert json.loads((reg_status / RUN_CONFIG).read_text())["optim"]["lr"] == 0.002
+    assert rows[0].stat().st_mtime_ns == stamps[rows[0]]
+    monkeypatch.setattr(suite, "train_overrides", shipped)
     page.unlink()
     suite.main([*argv, "--report"])
     assert page.read_text().count("| regression |") >= 2
@@ -106,7 +127,7 @@ def test_suite_plans_name_shipped_configs_and_registered_tasks():
             assert cell.family in budget.demos
             for kind in suite.HEADS:  # every training of every suite is a valid config (validated on construction)
                 cfg = suite.train_config(cell, budget, Path("d.zarr"), Path("run"), kind, 0, [])
-                assert cfg.policy.head.kind == ("lfm" if kind == "lfm_steps" else kind)
+                assert cfg.policy.head.kind == ("lfm" if kind in ("lfm_steps", "lfm_free") else kind)
     cpu_cells, _ = suite_plan.SUITES["cpu"]
     multimodal = {c.task for c in cpu_cells if c.multimodal}
     assert len([t for t in multimodal if not t.startswith("toy/")]) >= 4

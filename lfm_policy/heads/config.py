@@ -144,6 +144,9 @@ class HeadConfig(Config):
         block_params: ``lfm`` with ``equal_total_params``: each block's share of the parameter budget
             (one FM network's), e.g. ``[0.1, 0.1, 0.1, 0.7]`` gives the free block most of it; default
             equal shares 1/N.
+        block_steps: ``lfm``: each block's share of the training steps (``total_steps``), in block
+            order (the free block last), e.g. ``[0.25, 0.75]`` trains the free block 3 × as long as the
+            first; default equal shares. Other heads (one stage) and distillation ignore it.
         action_noise: Std of Gaussian noise added to the normalized training actions (dequantization:
             spreads the point masses of gripper commands and clipped actions); 0 disables it.
 
@@ -158,6 +161,7 @@ class HeadConfig(Config):
     clip_sample: bool = True
     distill: DistillConfig | None = None
     block_params: tuple[float, ...] | None = None
+    block_steps: tuple[float, ...] | None = None
     action_noise: float = 0.0
 
     def __post_init__(self) -> None:
@@ -167,6 +171,12 @@ class HeadConfig(Config):
                   f"shares must be > 0 and sum to at most 1, got {self.block_params}")
             check(self.kind != "lfm" or len(self.block_params) == self.chain.n_blocks, "block_params",
                   f"needs one share per block ({self.chain.n_blocks}), got {len(self.block_params)}")
+        if self.block_steps is not None:
+            self.block_steps = tuple(float(f) for f in self.block_steps)
+            check(all(f > 0 for f in self.block_steps) and abs(sum(self.block_steps) - 1) < 1e-6, "block_steps",
+                  f"shares must be > 0 and sum to 1, got {self.block_steps}")
+            check(self.kind != "lfm" or len(self.block_steps) == self.chain.n_blocks, "block_steps",
+                  f"needs one share per block ({self.chain.n_blocks}), got {len(self.block_steps)}")
         check(self.action_noise >= 0, "action_noise", f"must be ≥ 0, got {self.action_noise}")
         check(self.kind in HEAD_KINDS, "kind", f"choose from {HEAD_KINDS}, got {self.kind!r}")
         check(self.chain.ema == EMAConfig(), "chain.ema", "set the EMA under head.ema (it serves every head)")

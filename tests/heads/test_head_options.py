@@ -35,6 +35,21 @@ def test_block_params_share_the_budget_and_skip_warm_start_across_widths():
         HeadConfig(kind="lfm", chain=ChainConfig(n_blocks=2), block_params=(0.8, 0.8))
 
 
+def test_block_steps_split_the_training_steps_by_block():
+    from lfm_policy.train import TrainConfig
+
+    cfg = TrainConfig(policy=PolicyConfig(head=HeadConfig(kind="lfm", chain=ChainConfig(n_blocks=2),
+                                                          block_steps=(0.25, 0.75))), total_steps=6000)
+    assert cfg.steps_for(2, [0.25, 0.75]) == [1500, 4500]
+    assert cfg.steps_for(3, [1 / 3, 1 / 6, 0.5]) == [2000, 1000, 3000]  # an encoder stage keeps 1/n_stages
+    assert cfg.steps_for(2) == [3000, 3000]  # default: equal
+    assert cfg.with_overrides(["stage_steps=[10,20]"]).steps_for(2, [0.25, 0.75]) == [10, 20]  # explicit wins
+    for shares in ((0.5, 0.6), (0.2, 0.3, 0.5), (0.0, 1.0)):
+        with pytest.raises(ConfigError, match="block_steps"):
+            HeadConfig(kind="lfm", chain=ChainConfig(n_blocks=2), block_steps=shares)
+    HeadConfig(kind="fm", chain=ChainConfig(n_blocks=2), block_steps=(0.25, 0.75))  # one stage: ignored, valid
+
+
 class MustNotRun(nn.Module):
     def forward(self, x, t, cond):
         raise AssertionError("ou_marginal sources must not push through earlier blocks")

@@ -61,9 +61,21 @@ def test_train_save_load_predict_end_to_end(toy_zarr, tmp_path):
 
 
 def test_fm_and_regression_heads_train_one_stage(toy_zarr, tmp_path):
-    for kind in ("fm", "regression"):
-        train(tiny_config(toy_zarr, tmp_path / kind, kind=kind, total_steps=10), progress=False)
+    for kind in ("fm", "regression"):  # block_steps (an LFM setting in a shared config) does not apply
+        train(tiny_config(toy_zarr, tmp_path / kind, kind=kind, total_steps=10,
+                          **{"policy.head.block_steps": [0.2, 0.2, 0.6]}), progress=False)
         assert {r["stage"] for r in metrics(tmp_path / kind) if "loss" in r} == {0}
+
+
+def test_block_steps_give_each_lfm_block_its_share_of_the_steps(toy_zarr, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(toy_zarr, out, total_steps=20, log_every=1, **{"policy.head.block_steps": [0.25, 0.25, 0.5]}),
+          progress=False)
+    last = {}
+    for r in metrics(out):
+        if "loss" in r:
+            last[r["stage"]] = max(last.get(r["stage"], 0), r["stage_step"])
+    assert last == {0: 5, 1: 5, 2: 10}  # the free (last) block trains half of the 20 steps
 
 
 def test_resume_after_kill_continues_mid_chain(toy_zarr, tmp_path):
