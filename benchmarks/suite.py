@@ -13,7 +13,10 @@ chunk at batch 1 (one torch thread, after warm-up). Every finished row is a smal
 ``ROWS/<cell>/seed<k>/`` (``--rows``, default ``benchmarks/results/<suite>``, kept in git so the page
 can always be rebuilt and a later session continues the suite), every finished training a
 ``status.json`` in the work directory (``--out``, default ``outputs/suite_<suite>``): a rerun after a
-kill (or with more cells, seeds or episodes) continues where it stopped. After each cell the results
+kill (or with more cells, seeds or episodes) continues where it stopped. Each row records the
+``config_sha`` it was made from (:func:`row_sha`: shipped config file, overrides, demos, distillation
+steps); a row whose hash no longer matches (a shipped config or budget changed) is measured again, from
+a new training. After each cell the results
 page (``--results``, default docs/results.md) and its plots are rewritten from every row in ROWS.
 
 The multimodal cells (toy, ``-detour`` tasks) train low-dim policies that also read the keep-out
