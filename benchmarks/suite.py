@@ -186,7 +186,8 @@ def train_heads(cell: Cell, budget: Budget, data: Path, out: Path, seed: int, ex
         timing_file = run / "suite_timing.json"
         config = train_config(cell, budget, data, run, kind, seed, extra)
         sha = row_sha(cell, budget, kind, seed, extra, False)
-        if not _trained_with(run, config):
+        trained_now = not _trained_with(run, config)
+        if trained_now:
             deadline.check()
             t0 = time.perf_counter()
             resumed = _train_or_resume(config)
@@ -200,7 +201,7 @@ def train_heads(cell: Cell, budget: Budget, data: Path, out: Path, seed: int, ex
         dout = out / f"{kind}_distilled"
         student_timing = dout / "suite_timing.json"
         teacher_of = json.loads(student_timing.read_text()).get("teacher_sha") if student_timing.is_file() else None
-        if not (dout / "distill_summary.json").is_file() or teacher_of != sha:
+        if trained_now or not (dout / "distill_summary.json").is_file() or teacher_of != sha:  # a new teacher
             deadline.check()
             t0 = time.perf_counter()
             dcfg = setup_distillation(ckpts[(kind, False)], dout, steps=budget.distill_steps)

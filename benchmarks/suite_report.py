@@ -233,11 +233,11 @@ def headline(rows: list[dict[str, Any]], cells: list[Cell], labels: list[str], s
     a partly run seed never mixes into the means.
     """
     done, table = [], {}
+    need = set(HEADLINE_ROWS) & set(labels)  # rows added to the plan later do not take cells out
     for c in cells:
         if not (c.headline and c.multimodal):
             continue
         mine = [r for r in rows if (r["task"], r["images"]) == (c.task, c.images)]
-        need = set(HEADLINE_ROWS) & set(labels)  # rows added to the plan later do not take cells out
         full = sorted(s for s in {r["seed"] for r in mine} if {r["row"] for r in mine if r["seed"] == s} >= need)
         if full:
             done.append(Cell(c.task, tuple(full), c.images, True))

@@ -164,19 +164,25 @@ class HeadConfig(Config):
     block_steps: tuple[float, ...] | None = None
     action_noise: float = 0.0
 
+    def _check_block_shares(self, name: str, *, exact: bool) -> None:
+        """Validate the per-block shares ``name`` (made a float tuple): > 0, one per LFM block, sum 1 or ≤ 1.
+
+        ``exact``: the shares must sum to 1 (else to at most 1).
+        """
+        values = getattr(self, name)
+        if values is None:
+            return
+        values = tuple(float(f) for f in values)
+        setattr(self, name, values)
+        total_ok = abs(sum(values) - 1) < 1e-6 if exact else sum(values) <= 1 + 1e-6
+        check(all(f > 0 for f in values) and total_ok, name,
+              f"shares must be > 0 and sum to {'1' if exact else 'at most 1'}, got {values}")
+        check(self.kind != "lfm" or len(values) == self.chain.n_blocks, name,
+              f"needs one share per block ({self.chain.n_blocks}), got {len(values)}")
+
     def __post_init__(self) -> None:
-        if self.block_params is not None:
-            self.block_params = tuple(float(f) for f in self.block_params)
-            check(all(f > 0 for f in self.block_params) and sum(self.block_params) <= 1 + 1e-6, "block_params",
-                  f"shares must be > 0 and sum to at most 1, got {self.block_params}")
-            check(self.kind != "lfm" or len(self.block_params) == self.chain.n_blocks, "block_params",
-                  f"needs one share per block ({self.chain.n_blocks}), got {len(self.block_params)}")
-        if self.block_steps is not None:
-            self.block_steps = tuple(float(f) for f in self.block_steps)
-            check(all(f > 0 for f in self.block_steps) and abs(sum(self.block_steps) - 1) < 1e-6, "block_steps",
-                  f"shares must be > 0 and sum to 1, got {self.block_steps}")
-            check(self.kind != "lfm" or len(self.block_steps) == self.chain.n_blocks, "block_steps",
-                  f"needs one share per block ({self.chain.n_blocks}), got {len(self.block_steps)}")
+        self._check_block_shares("block_params", exact=False)
+        self._check_block_shares("block_steps", exact=True)
         check(self.action_noise >= 0, "action_noise", f"must be ≥ 0, got {self.action_noise}")
         check(self.kind in HEAD_KINDS, "kind", f"choose from {HEAD_KINDS}, got {self.kind!r}")
         check(self.chain.ema == EMAConfig(), "chain.ema", "set the EMA under head.ema (it serves every head)")
