@@ -36,8 +36,9 @@ from lfm_policy.config import atomic_write_text  # noqa: E402
 from lfm_policy.distill import setup_distillation  # noqa: E402
 from lfm_policy.train import TrainConfig, train  # noqa: E402
 
-#: The networks and samplers do not depend on the step budget: ``lfm_steps`` rows time the ``lfm`` network.
-SAME_NETWORK = {"lfm_steps": "lfm"}
+#: The networks and samplers do not depend on the step budget or its split: ``lfm_steps`` and ``lfm_free`` rows
+#: time the ``lfm`` network.
+SAME_NETWORK = {"lfm_steps": "lfm", "lfm_free": "lfm"}
 
 
 def build(cell: Cell, budget: Budget, work: Path) -> dict[tuple[str, bool], Path]:
