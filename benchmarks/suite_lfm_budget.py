@@ -9,6 +9,8 @@ per block). This trains, on the suite's own demonstrations of one cell and with 
   lfm ×2 both     both
   lfm steps 1:3   the suite's steps, split 1 : 3 between the first block and the free last one
   lfm steps 3:1   split 3 : 1
+  lfm 1:3 both    the steps split 1 : 3 and the parameters too (``policy.head.block_params=[0.25,0.75]``:
+                  the same total, the free block 3 × as wide a share)
 
 and evaluates each on the suite's episode seeds with the suite's two LFM samplers (the config's
 midpoint × 1 per block, and Euler × 10 // N per block), next to the suite's rows for that cell. With
@@ -45,6 +47,7 @@ from lfm_policy.flow import SolverConfig  # noqa: E402
 from lfm_policy.train import TrainConfig, train  # noqa: E402
 
 VARIANTS = {"lfm (suite)": [], "lfm steps 1:3": ["SPLIT 1 3"], "lfm steps 3:1": ["SPLIT 3 1"],
+            "lfm 1:3 both": ["SPLIT 1 3", "policy.head.block_params=[0.25,0.75]"],
             "lfm ×2 params": ["policy.head.equal_total_params=false"], "lfm ×2 steps": ["STEPS"],
             "lfm ×2 both": ["policy.head.equal_total_params=false", "STEPS"]}
 # Distillations: keyword arguments of ``setup_distillation`` on top of the suite's (``steps`` as a multiple).
