@@ -51,10 +51,13 @@ from lfm_policy.train import TrainConfig, train  # noqa: E402
 from lfm_policy.train_run import RUN_CONFIG  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Trainings per cell and seed: the four heads, then LFM with N × the steps (``lfm_steps``) and LFM whose
-#: free block trains 3 × the steps of each other block (``lfm_free``, same total).
-HEADS = ("lfm", "fm", "diffusion", "regression", "lfm_steps", "lfm_free")
-#: ``lfm_free``: the free block's steps relative to each other block's.
+#: Trainings per cell and seed: the four heads, then LFM with N × the steps (``lfm_steps``), LFM whose
+#: free block trains 3 × the steps of each other block (``lfm_free``, same total) and LFM whose free block
+#: also holds 3 × the parameters of each other block (``lfm_free_params``, same totals).
+HEADS = ("lfm", "fm", "diffusion", "regression", "lfm_steps", "lfm_free", "lfm_free_params")
+#: LFM trainings with the config's head, their budget or its split changed.
+LFM_VARIANTS = ("lfm_steps", "lfm_free", "lfm_free_params")
+#: ``lfm_free`` / ``lfm_free_params``: the free block's steps (and parameters) relative to each other block's.
 FREE_WEIGHT = 3
 
 
@@ -77,17 +80,20 @@ def demo_modes(data: Path) -> dict[str, int]:
 
 def train_overrides(cell: Cell, budget: Budget, kind: str, seed: int, extra: list[str]) -> list[str]:
     """The overrides of the shipped config for one training of the cell, without its paths (``lfm_steps``:
-    LFM, N × the steps; ``lfm_free``: LFM, the free block :data:`FREE_WEIGHT` × each other block's steps)."""
+    LFM, N × the steps; ``lfm_free``: LFM, the free block :data:`FREE_WEIGHT` × each other block's steps;
+    ``lfm_free_params``: and as many times each other block's parameters)."""
     base = TrainConfig.from_json(ROOT / "configs" / config_name(cell))
-    head = "lfm" if kind in ("lfm_steps", "lfm_free") else kind
+    head = "lfm" if kind in LFM_VARIANTS else kind
     over = [f"policy.head.kind={head}", f"seed={seed}"]
     steps = budget.steps.get(cell.family) or base.total_steps
     n = base.policy.head.chain.n_blocks
     if kind == "lfm_steps":  # every block trains as many steps as the other heads' one network
         steps *= n
-    if kind == "lfm_free":  # shares (1, ..., 1, FREE_WEIGHT) / (N - 1 + FREE_WEIGHT), free block last
-        over.append("policy.head.block_steps=" + json.dumps([*[1 / (n - 1 + FREE_WEIGHT)] * (n - 1),
-                                                             FREE_WEIGHT / (n - 1 + FREE_WEIGHT)]))
+    free_heavy = json.dumps([*[1 / (n - 1 + FREE_WEIGHT)] * (n - 1), FREE_WEIGHT / (n - 1 + FREE_WEIGHT)])
+    if kind in ("lfm_free", "lfm_free_params"):  # shares (1, ..., 1, FREE_WEIGHT) / (N - 1 + FREE_WEIGHT)
+        over.append(f"policy.head.block_steps={free_heavy}")
+    if kind == "lfm_free_params":  # the same shares of the parameter budget (equal_total_params)
+        over.append(f"policy.head.block_params={free_heavy}")
     if steps != base.total_steps:
         over.append(f"total_steps={steps}")
     if cell.task in DETOUR_TASKS:

@@ -50,6 +50,7 @@ def build(cell: Cell, budget: Budget, work: Path) -> dict[tuple[str, bool], Path
     n_blocks = TrainConfig.from_json(ROOT / "configs" / config_name(cell)).policy.head.chain.n_blocks
     few = ["val_every=1000", "checkpoint_every=1000", "data.val_ratio=0", "batch_size=8"]  # shape only
     tiny = Budget(budget.demos, budget.eval_episodes, {cell.family: 2 * n_blocks}, 2, 1)
+    students = {m.head for m in methods(n_blocks) if m.distilled}
     ckpts = {}
     for kind in HEADS:
         if kind in SAME_NETWORK:
@@ -58,7 +59,7 @@ def build(cell: Cell, budget: Budget, work: Path) -> dict[tuple[str, bool], Path
         if not (run / "checkpoints" / "latest").exists():
             train(train_config(cell, tiny, data, run, kind, 0, few), progress=False, overwrite=True)
         ckpts[(kind, False)] = run / "checkpoints" / "latest"
-        if kind in ("lfm", "fm"):
+        if kind in students:
             dout = work / f"{kind}_distilled"
             if not (dout / "checkpoints" / "latest").exists():
                 train(setup_distillation(ckpts[(kind, False)], dout, steps=2), progress=False, overwrite=True)

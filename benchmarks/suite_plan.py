@@ -44,7 +44,9 @@ def methods(n_blocks: int) -> list[Method]:
     FM euler×N runs at the distilled LFM chain's NFE (N = its number of blocks); LFM euler×(10 // N)
     per block runs at (at most) the NFE of FM euler×10 and DDIM-10, so both flows meet at NFE N and 10.
     ``lfm_steps`` is the LFM head trained with N × the config's steps, ``lfm_free`` the LFM head whose
-    free block trains 3 × the steps of each other block (same total; see ``suite.train_config``).
+    free block trains 3 × the steps of each other block (same total; see ``suite.train_config``), and
+    ``lfm_free_params`` the LFM head whose free block also holds 3 × each other block's parameters (same
+    total steps and parameters), with its distilled student.
     """
     per_block = 10 // n_blocks
     return [
@@ -69,6 +71,12 @@ def methods(n_blocks: int) -> list[Method]:
         Method("LFM free×3 steps (midpoint×1 per block)", "lfm_free"),
         Method(f"LFM free×3 steps, euler×{per_block} per block", "lfm_free",
                sampler=SolverConfig(method="euler", steps=per_block)),
+        # As lfm_free, the free block also holding 3 × each other block's parameters
+        # (``head.block_params``, same total), and its student. Last, so earlier rows keep their files.
+        Method("LFM free×3 steps+params (midpoint×1 per block)", "lfm_free_params"),
+        Method(f"LFM free×3 steps+params, euler×{per_block} per block", "lfm_free_params",
+               sampler=SolverConfig(method="euler", steps=per_block)),
+        Method("LFM free×3 steps+params distilled", "lfm_free_params", True),
     ]
 
 
@@ -78,8 +86,9 @@ def canonical(label: str) -> str:
         return "LFM euler×10/N per block (NFE ≤ 10)"
     if label.startswith("LFM ×N steps, euler×"):
         return "LFM ×N steps, euler×10/N per block (NFE ≤ 10)"
-    if label.startswith("LFM free×3 steps, euler×"):
-        return "LFM free×3 steps, euler×10/N per block (NFE ≤ 10)"
+    for variant in ("LFM free×3 steps", "LFM free×3 steps+params"):
+        if label.startswith(f"{variant}, euler×"):
+            return f"{variant}, euler×10/N per block (NFE ≤ 10)"
     return "FM euler×N (LFM's NFE)" if label.startswith("FM euler×") and label != "FM euler×10" else label
 
 

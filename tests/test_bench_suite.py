@@ -47,12 +47,17 @@ def test_suite_runs_every_method_writes_the_page_and_resumes(tmp_path, tiny, cap
     distilled = json.loads(rows[2].read_text())
     assert distilled["distilled"] and distilled["nfe"] == 4 and distilled["distill_s"] > 0
     text = page.read_text()
-    assert "**Status: 1 of 1 (task, training seed) cells complete** (15 rows)" in text
-    more_steps = json.loads(rows[-3].read_text())
+    assert "**Status: 1 of 1 (task, training seed) cells complete** (18 rows)" in text
+    more_steps = json.loads(rows[11].read_text())
     assert more_steps["head"] == "lfm_steps" and more_steps["train_s"] > 0 and more_steps["nfe"] == 8
     free = json.loads((out / "toy_point-obstacle" / "seed0" / "lfm_free" / RUN_CONFIG).read_text())
     assert free["total_steps"] == 40 and free["policy"]["head"]["block_steps"] == [1 / 6, 1 / 6, 1 / 6, 1 / 2]
-    assert json.loads(rows[-1].read_text())["head"] == "lfm_free"
+    assert json.loads(rows[13].read_text())["head"] == "lfm_free"
+    wide = json.loads((out / "toy_point-obstacle" / "seed0" / "lfm_free_params" / RUN_CONFIG).read_text())
+    assert wide["policy"]["head"]["block_params"] == wide["policy"]["head"]["block_steps"] == [1 / 6] * 3 + [1 / 2]
+    wide_student = json.loads(rows[-1].read_text())
+    assert wide_student["head"] == "lfm_free_params" and wide_student["distilled"] and wide_student["nfe"] == 4
+    assert json.loads(rows[15].read_text())["params"] != first["params"]  # the blocks' widths moved
     # Every row records what it was made from; a student records its teacher's.
     lfm_sha = suite.row_sha(suite_plan.SUITES["tiny"][0][0], tiny, "lfm", 0, [], False)
     assert first["config_sha"] == lfm_sha and distilled["config_sha"] not in (None, lfm_sha)
@@ -127,7 +132,7 @@ def test_suite_plans_name_shipped_configs_and_registered_tasks():
             assert cell.family in budget.demos
             for kind in suite.HEADS:  # every training of every suite is a valid config (validated on construction)
                 cfg = suite.train_config(cell, budget, Path("d.zarr"), Path("run"), kind, 0, [])
-                assert cfg.policy.head.kind == ("lfm" if kind in ("lfm_steps", "lfm_free") else kind)
+                assert cfg.policy.head.kind == ("lfm" if kind in suite.LFM_VARIANTS else kind)
     cpu_cells, _ = suite_plan.SUITES["cpu"]
     multimodal = {c.task for c in cpu_cells if c.multimodal}
     assert len([t for t in multimodal if not t.startswith("toy/")]) >= 4
