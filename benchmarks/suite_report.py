@@ -223,7 +223,10 @@ def machine() -> str:
 #: The README's headline rows (the rest are on the results page).
 HEADLINE_ROWS = ("LFM ODE (midpoint×1 per block)", "LFM euler×10/N per block (NFE ≤ 10)",
                  "LFM ×N steps (midpoint×1 per block)", "LFM free×3 steps (midpoint×1 per block)",
-                 "LFM free×3 steps, euler×10/N per block (NFE ≤ 10)", "LFM distilled",
+                 "LFM free×3 steps, euler×10/N per block (NFE ≤ 10)",
+                 "LFM free×3 steps+params (midpoint×1 per block)",
+                 "LFM free×3 steps+params, euler×10/N per block (NFE ≤ 10)", "LFM distilled",
+                 "LFM free×3 steps+params distilled",
                  "FM euler×N (LFM's NFE)", "FM euler×10", "FM distilled", "DDIM-4", "DDIM-10", "DDPM-100",
                  "regression")  # fmt: skip
 
