@@ -54,9 +54,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Trainings per cell and seed: the four heads, then LFM with N × the steps (``lfm_steps``), LFM whose
 #: free block trains 3 × the steps of each other block (``lfm_free``, same total) and LFM whose free block
 #: also holds 3 × the parameters of each other block (``lfm_free_params``, same totals).
-HEADS = ("lfm", "fm", "diffusion", "regression", "lfm_steps", "lfm_free", "lfm_free_params")
-#: LFM trainings with the config's head, their budget or its split changed.
+#: ``LFM_VARIANTS`` are LFM trainings with the config's head, their budget or its split changed.
 LFM_VARIANTS = ("lfm_steps", "lfm_free", "lfm_free_params")
+HEADS = ("lfm", "fm", "diffusion", "regression", *LFM_VARIANTS)
 #: ``lfm_free`` / ``lfm_free_params``: the free block's steps (and parameters) relative to each other block's.
 FREE_WEIGHT = 3
 

@@ -19,6 +19,7 @@ Suites:
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from lfm_policy.envs.registry import DETOUR_TASKS
 from lfm_policy.flow import SolverConfig
@@ -82,13 +83,8 @@ def methods(n_blocks: int) -> list[Method]:
 
 def canonical(label: str) -> str:
     """FM at the LFM chain's NFE and LFM at NFE ≈ 10 are one table row each whatever N is."""
-    if label.startswith("LFM euler×"):
-        return "LFM euler×10/N per block (NFE ≤ 10)"
-    if label.startswith("LFM ×N steps, euler×"):
-        return "LFM ×N steps, euler×10/N per block (NFE ≤ 10)"
-    for variant in ("LFM free×3 steps", "LFM free×3 steps+params"):
-        if label.startswith(f"{variant}, euler×"):
-            return f"{variant}, euler×10/N per block (NFE ≤ 10)"
+    if label.startswith("LFM"):  # every LFM training's "euler×(10 // N) per block" row
+        return re.sub(r"euler×\d+ per block$", "euler×10/N per block (NFE ≤ 10)", label)
     return "FM euler×N (LFM's NFE)" if label.startswith("FM euler×") and label != "FM euler×10" else label
 
 
